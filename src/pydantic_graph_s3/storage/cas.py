@@ -1,0 +1,324 @@
+"""Compare-and-swap on one S3 object: the single write mechanism of this library.
+
+`CasObject.update(change)` reads the object (body and ETag), applies `change`, a pure function of the decoded
+value, and writes the result back with `PutObject(IfMatch=etag)`, or `IfNoneMatch='*'` when the object does not
+exist yet. If another writer got there first S3 answers 412 (or 409, or 404 when the object vanished), and the
+whole cycle runs again on what that writer left, so every decision `change` makes is re-made on fresh data.
+There are no locks, so a crashed writer can never leave anything behind that blocks the others.
+"""
+
+from __future__ import annotations as _annotations
+
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
+
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionError as BotoConnectionError,
+    HTTPClientError,
+    NoCredentialsError,
+    PartialCredentialsError,
+)
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt, stop_after_delay
+
+from .errors import (
+    AccessDeniedError,
+    BucketNotFoundError,
+    CorruptObjectError,
+    CredentialsError,
+    EndpointUnreachableError,
+    ObjectTooLargeError,
+    RetriesExhaustedError,
+    S3PersistenceError,
+)
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
+
+__all__ = ('Codec', 'Change', 'RetryPolicy', 'CasStats', 'CasObject', 'ClientSource')
+
+T = TypeVar('T')
+R = TypeVar('R')
+
+ClientSource = Callable[[], Awaitable['S3Client']]
+"""Where a `CasObject` gets its client: called once per request, so it must be cheap (see `shared_client`)."""
+
+
+class Codec(Protocol[T]):
+    """Turns stored bytes into a value and back. `decode` raises `ValueError` on bytes it does not recognise."""
+
+    def decode(self, body: bytes) -> T: ...
+
+    def encode(self, value: T) -> bytes: ...
+
+    def empty(self) -> T:
+        """The value of an object that does not exist yet."""
+        ...
+
+
+@dataclass(frozen=True)
+class Change(Generic[T, R]):
+    """What a change function decided: the value to write (`None`: write nothing) and what to return."""
+
+    value: T | None
+    result: R
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounds on one `update` or `load`: conflicts and transient failures are retried within both limits.
+
+    Waits are exponential with full jitter (`initial_backoff * 2**n`, capped at `max_backoff`), so writers that
+    collided spread out instead of colliding again.
+    """
+
+    max_attempts: int = 12
+    max_elapsed: float = 60.0
+    initial_backoff: float = 0.02
+    max_backoff: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError(f'max_attempts must be at least 1, got {self.max_attempts}')
+        if self.max_elapsed <= 0 or self.initial_backoff < 0 or self.max_backoff < self.initial_backoff:
+            raise ValueError('need max_elapsed > 0 and 0 <= initial_backoff <= max_backoff')
+
+
+@dataclass
+class CasStats:
+    """Counters of one `CasObject`: what its callers paid in requests and bytes."""
+
+    gets: int = 0
+    puts: int = 0
+    conflicts: int = 0
+    retries: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+
+    @property
+    def requests(self) -> int:
+        return self.gets + self.puts
+
+
+@dataclass(frozen=True)
+class _Version:
+    body: bytes
+    etag: str
+
+
+class _Retryable(Exception):
+    """A failed attempt that another attempt may fix."""
+
+    def __init__(self, reason: str, *, conflict: bool = False, unreachable: bool = False, from_cache: bool = False):
+        super().__init__(reason)
+        self.conflict = conflict
+        self.unreachable = unreachable
+        # A conflict on a cached ETag only means our copy was stale: re-read at once, don't back off.
+        self.from_cache = from_cache
+
+
+_CONFLICT_CODES = frozenset({'PreconditionFailed', '412', 'ConditionalRequestConflict', '409'})
+_TRANSIENT_CODES = frozenset(
+    {
+        'InternalError',
+        'ServiceUnavailable',
+        'SlowDown',
+        'RequestTimeout',
+        'Throttling',
+        'ThrottlingException',
+        'RequestTimeTooSkewed',
+        '500',
+        '502',
+        '503',
+        '504',
+    }
+)
+_CREDENTIAL_CODES = frozenset(
+    {'ExpiredToken', 'ExpiredTokenException', 'InvalidAccessKeyId', 'SignatureDoesNotMatch', 'InvalidToken'}
+)
+
+
+@dataclass
+class CasObject(Generic[T]):
+    """One S3 object updated only by compare-and-swap, with the last version seen kept as an ETag cache.
+
+    The cache lets a writer that is the only one touching the object skip the GET: it puts straight away with
+    the ETag of its own previous write, and only a 412 (someone else wrote) sends it back to a fresh read.
+    """
+
+    bucket: str
+    key: str
+    codec: Codec[T]
+    client: ClientSource
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    content_type: str = 'application/json'
+    max_object_bytes: int | None = 64 * 1024 * 1024
+    stats: CasStats = field(default_factory=CasStats)
+    _version: _Version | None = field(default=None, init=False, repr=False)
+    _endpoint_url: str = field(default='the S3 endpoint', init=False, repr=False)
+
+    async def load(self) -> T:
+        """A fresh read of the current value (the empty value when the object does not exist)."""
+
+        async def read() -> T:
+            version = await self._get()
+            return self._decode(version)
+
+        return await self._with_retries(read)
+
+    async def update(self, change: Callable[[T], Change[T, R]]) -> R:
+        """Apply `change` to the current value and write the result back atomically; return what it decided.
+
+        `change` may run several times, once per attempt, always on the value as it then is in S3; exceptions
+        it raises abort the update with nothing written. When a PUT's outcome is unknown (a timeout, a dropped
+        connection, a 5xx), the next attempt recognises the body it tried to write, so a write that did land
+        is not applied twice.
+        """
+        unconfirmed: tuple[bytes, R] | None = None
+
+        async def attempt() -> R:
+            nonlocal unconfirmed
+            cached = self._version
+            version = cached if cached is not None else await self._get()
+            if unconfirmed is not None:
+                body, result = unconfirmed
+                unconfirmed = None
+                if version is not None and version.body == body:
+                    return result
+            decided = change(self._decode(version))
+            if decided.value is None:
+                return decided.result
+            body = self.codec.encode(decided.value)
+            try:
+                await self._put(body, version.etag if version is not None else None, from_cache=cached is not None)
+            except _Retryable as e:
+                if not e.conflict:
+                    unconfirmed = (body, decided.result)
+                raise
+            return decided.result
+
+        return await self._with_retries(attempt)
+
+    def forget_cache(self) -> None:
+        """Drop the cached version, so the next update starts with a GET."""
+        self._version = None
+
+    def _decode(self, version: _Version | None) -> T:
+        if version is None:
+            return self.codec.empty()
+        try:
+            return self.codec.decode(version.body)
+        except ValueError as e:
+            self._version = None
+            raise CorruptObjectError(self.bucket, self.key, _first_line(e)) from e
+
+    async def _s3(self) -> S3Client:
+        client = await self.client()
+        self._endpoint_url = client.meta.endpoint_url
+        return client
+
+    async def _get(self) -> _Version | None:
+        client = await self._s3()
+        self.stats.gets += 1
+        try:
+            response = await client.get_object(Bucket=self.bucket, Key=self.key)
+            async with response['Body'] as stream:
+                size = response.get('ContentLength', 0)
+                if self.max_object_bytes is not None and size > self.max_object_bytes:
+                    raise ObjectTooLargeError(self.bucket, self.key, size, self.max_object_bytes)
+                body = await stream.read()
+        except (ClientError, BotoCoreError) as e:
+            if _error_code(e) in {'NoSuchKey', '404'}:
+                self._version = None
+                return None
+            raise self._classify(e, 'GetObject', from_cache=False) from e
+        self.stats.bytes_received += len(body)
+        self._version = _Version(body, response['ETag'])
+        return self._version
+
+    async def _put(self, body: bytes, etag: str | None, *, from_cache: bool) -> None:
+        client = await self._s3()
+        self.stats.puts += 1
+        self.stats.bytes_sent += len(body)
+        # Whatever happens next, the cached version is no longer known to be current.
+        self._version = None
+        try:
+            if etag is None:
+                response = await client.put_object(
+                    Bucket=self.bucket, Key=self.key, Body=body, ContentType=self.content_type, IfNoneMatch='*'
+                )
+            else:
+                response = await client.put_object(
+                    Bucket=self.bucket, Key=self.key, Body=body, ContentType=self.content_type, IfMatch=etag
+                )
+        except (ClientError, BotoCoreError) as e:
+            # IfMatch on a key that is gone: 404 on AWS and moto (412 elsewhere). Someone else changed it.
+            if etag is not None and _error_code(e) in {'NoSuchKey', '404'}:
+                self.stats.conflicts += 1
+                raise _Retryable('object deleted since it was read', conflict=True) from e
+            raise self._classify(e, 'PutObject', from_cache=from_cache) from e
+        self._version = _Version(body, response['ETag'])
+
+    def _classify(self, error: ClientError | BotoCoreError, operation: str, *, from_cache: bool) -> Exception:
+        """Turn a botocore error into `_Retryable` (try again) or a typed, final `S3PersistenceError`."""
+        code = _error_code(error)
+        if code in _CONFLICT_CODES:
+            self.stats.conflicts += 1
+            return _Retryable(f'{operation}: {code} (another writer won)', conflict=True, from_cache=from_cache)
+        if code in _TRANSIENT_CODES:
+            return _Retryable(f'{operation}: {code}')
+        if isinstance(error, HTTPClientError | BotoConnectionError):
+            return _Retryable(f'{operation}: {type(error).__name__}: {error}', unreachable=True)
+        if code == 'NoSuchBucket':
+            return BucketNotFoundError(self.bucket, self.key)
+        if code in {'AccessDenied', '403', 'AllAccessDisabled'}:
+            return AccessDeniedError(self.bucket, self.key, operation)
+        if code in _CREDENTIAL_CODES or isinstance(error, NoCredentialsError | PartialCredentialsError):
+            return CredentialsError(self.bucket, self.key, code or type(error).__name__)
+        return S3PersistenceError(self.bucket, self.key, f'{operation} failed: {error}')
+
+    async def _with_retries(self, attempt: Callable[[], Awaitable[R]]) -> R:
+        policy = self.retry
+
+        def wait(state: RetryCallState) -> float:
+            self.stats.retries += 1
+            failure = state.outcome.exception() if state.outcome else None
+            if isinstance(failure, _Retryable) and failure.from_cache:
+                return 0.0
+            ceiling = min(policy.max_backoff, policy.initial_backoff * 2 ** (state.attempt_number - 1))
+            return random.uniform(0, ceiling)
+
+        def give_up(state: RetryCallState) -> R:
+            failure = state.outcome.exception() if state.outcome else None
+            elapsed = state.seconds_since_start or 0.0
+            if isinstance(failure, _Retryable) and failure.unreachable:
+                raise EndpointUnreachableError(
+                    self.bucket, self.key, self._endpoint_url, state.attempt_number, str(failure)
+                )
+            raise RetriesExhaustedError(self.bucket, self.key, state.attempt_number, elapsed, str(failure))
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(policy.max_attempts) | stop_after_delay(policy.max_elapsed),
+            wait=wait,
+            retry=retry_if_exception_type(_Retryable),
+            retry_error_callback=give_up,
+        )
+        return await retrying(attempt)
+
+
+def _error_code(error: ClientError | BotoCoreError) -> str:
+    if isinstance(error, ClientError):
+        code = error.response.get('Error', {}).get('Code')
+        if code:
+            return str(code)
+        return str(error.response.get('ResponseMetadata', {}).get('HTTPStatusCode', ''))
+    return ''
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+

@@ -1,0 +1,88 @@
+"""One S3 client per event loop, shared by every persistence object on that loop.
+
+Creating an aiobotocore client costs about 100 ms of CPU (it loads and parses the service model), and the
+pattern pydantic-graph documents creates a new persistence object for every step. So clients are cached per
+(event loop, session, settings) and closed when the loop shuts down, never created per operation.
+"""
+
+from __future__ import annotations as _annotations
+
+import asyncio
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from weakref import WeakKeyDictionary
+
+import aioboto3
+from aiobotocore.config import AioConfig
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
+
+__all__ = ('ClientSettings', 'shared_client', 'default_session')
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """How the shared client talks to S3.
+
+    botocore's own retries are switched off (`total_max_attempts=1`) so that the compare-and-swap loop is the
+    one place that decides what to retry and for how long: a retried conditional PUT must re-read first.
+    """
+
+    connect_timeout: float = 5.0
+    read_timeout: float = 20.0
+    max_pool_connections: int = 32
+
+    def to_config(self) -> AioConfig:
+        return AioConfig(
+            connect_timeout=self.connect_timeout,
+            read_timeout=self.read_timeout,
+            max_pool_connections=self.max_pool_connections,
+            retries={'total_max_attempts': 1},
+        )
+
+
+_default_session: aioboto3.Session | None = None
+
+
+def default_session() -> aioboto3.Session:
+    """The process-wide session behind the default AWS credential chain and configuration."""
+    global _default_session
+    if _default_session is None:
+        _default_session = aioboto3.Session()
+    return _default_session
+
+
+_ClientKey = tuple[aioboto3.Session, ClientSettings]
+# Each entry keeps the async generator that holds the client open, and a task that resolves to the client.
+_clients: WeakKeyDictionary[asyncio.AbstractEventLoop, dict[_ClientKey, asyncio.Task[S3Client]]] = WeakKeyDictionary()
+_holders: WeakKeyDictionary[asyncio.AbstractEventLoop, list[AsyncGenerator[S3Client]]] = WeakKeyDictionary()
+
+
+async def shared_client(session: aioboto3.Session | None = None, settings: ClientSettings | None = None) -> S3Client:
+    """The S3 client for the running event loop, created on first use.
+
+    Concurrent first uses on one loop wait for the same creation, so a loop never holds two clients for one key.
+    """
+    loop = asyncio.get_running_loop()
+    key = (session or default_session(), settings or ClientSettings())
+    per_loop = _clients.setdefault(loop, {})
+    task = per_loop.get(key)
+    if task is None or (task.done() and task.exception() is not None):
+        task = per_loop[key] = loop.create_task(_open_client(loop, *key))
+    return await asyncio.shield(task)
+
+
+async def _open_client(loop: asyncio.AbstractEventLoop, session: aioboto3.Session, settings: ClientSettings) -> S3Client:
+    holder = _hold_client(session, settings)
+    client = await holder.__anext__()
+    # The loop tracks async generators weakly and closes the live ones at shutdown (asyncio.run, asyncio.Runner),
+    # which runs the generator's `async with` exit and so closes the client's HTTP connections cleanly.
+    _holders.setdefault(loop, []).append(holder)
+    return client
+
+
+async def _hold_client(session: aioboto3.Session, settings: ClientSettings) -> AsyncGenerator[S3Client]:
+    async with session.client('s3', config=settings.to_config()) as client:
+        yield client

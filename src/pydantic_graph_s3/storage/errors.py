@@ -1,0 +1,123 @@
+"""Typed errors for everything that can go wrong between us and an S3 object.
+
+Every error names the object as `s3://bucket/key` and says what to do about it, because the person reading it
+is usually looking at a Lambda log, far from the code that raised it.
+"""
+
+from __future__ import annotations as _annotations
+
+__all__ = (
+    'S3PersistenceError',
+    'BucketNotFoundError',
+    'AccessDeniedError',
+    'CredentialsError',
+    'EndpointUnreachableError',
+    'CorruptObjectError',
+    'ObjectTooLargeError',
+    'RetriesExhaustedError',
+)
+
+
+class S3PersistenceError(Exception):
+    """Base class of every error this library raises about an S3 object."""
+
+    def __init__(self, bucket: str, key: str, message: str) -> None:
+        self.bucket = bucket
+        self.key = key
+        super().__init__(f'{self.uri}: {message}')
+
+    @property
+    def uri(self) -> str:
+        """The object this error is about, as `s3://bucket/key`."""
+        return f's3://{self.bucket}/{self.key}'
+
+
+class BucketNotFoundError(S3PersistenceError):
+    """The bucket does not exist (S3 `NoSuchBucket`)."""
+
+    def __init__(self, bucket: str, key: str) -> None:
+        super().__init__(
+            bucket,
+            key,
+            f'bucket {bucket!r} does not exist. Create it, or check the bucket name and the region/endpoint '
+            '(AWS_REGION, AWS_ENDPOINT_URL_S3).',
+        )
+
+
+class AccessDeniedError(S3PersistenceError):
+    """S3 refused the request (`AccessDenied`, 403)."""
+
+    def __init__(self, bucket: str, key: str, operation: str) -> None:
+        self.operation = operation
+        super().__init__(
+            bucket,
+            key,
+            f'access denied for {operation}. Grant s3:GetObject and s3:PutObject on arn:aws:s3:::{bucket}/{key} '
+            'to the identity these credentials belong to.',
+        )
+
+
+class CredentialsError(S3PersistenceError):
+    """No credentials were found, or S3 rejected them (expired token, unknown key, bad signature)."""
+
+    def __init__(self, bucket: str, key: str, detail: str) -> None:
+        super().__init__(
+            bucket,
+            key,
+            f'credentials missing or rejected ({detail}). Refresh or configure AWS credentials '
+            '(AWS_PROFILE, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or an execution role).',
+        )
+
+
+class EndpointUnreachableError(S3PersistenceError):
+    """The S3 endpoint could not be reached within the retry bounds."""
+
+    def __init__(self, bucket: str, key: str, endpoint: str, attempts: int, detail: str) -> None:
+        self.endpoint = endpoint
+        self.attempts = attempts
+        super().__init__(
+            bucket,
+            key,
+            f'endpoint {endpoint} unreachable after {attempts} attempt(s) ({detail}). Check the network and '
+            'AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL.',
+        )
+
+
+class CorruptObjectError(S3PersistenceError):
+    """The object exists but does not decode as what we store there; it was left untouched."""
+
+    def __init__(self, bucket: str, key: str, detail: str) -> None:
+        super().__init__(
+            bucket,
+            key,
+            f'object is not a valid snapshot list for this graph ({detail}). It was left untouched: inspect it, '
+            'move it aside or delete it, or use another run id.',
+        )
+
+
+class ObjectTooLargeError(S3PersistenceError):
+    """The object is larger than the configured limit, so it was not downloaded."""
+
+    def __init__(self, bucket: str, key: str, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(
+            bucket,
+            key,
+            f'object is {size} bytes, over the {limit}-byte limit, so it was not downloaded. Raise max_object_bytes '
+            'if this run really is that large.',
+        )
+
+
+class RetriesExhaustedError(S3PersistenceError):
+    """Conflicts or transient failures went on past the retry bounds."""
+
+    def __init__(self, bucket: str, key: str, attempts: int, elapsed: float, last_error: str) -> None:
+        self.attempts = attempts
+        self.elapsed = elapsed
+        super().__init__(
+            bucket,
+            key,
+            f'gave up after {attempts} attempt(s) in {elapsed:.1f}s; last error: {last_error}. Too many writers '
+            'are contending for this run, or S3 is throttling: retry later, or raise max_attempts/max_elapsed.',
+        )
