@@ -30,6 +30,10 @@ class ClientSettings:
     one place that decides what to retry and for how long: a retried conditional PUT must re-read first.
     """
 
+    endpoint_url: str | None = None
+    """An S3-compatible endpoint; `None` follows the AWS configuration (`AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL`)."""
+    region_name: str | None = None
+    """`None` follows the AWS configuration (`AWS_REGION`, `AWS_DEFAULT_REGION`, the profile)."""
     connect_timeout: float = 5.0
     read_timeout: float = 20.0
     max_pool_connections: int = 32
@@ -74,7 +78,9 @@ async def shared_client(session: aioboto3.Session | None = None, settings: Clien
     return await asyncio.shield(task)
 
 
-async def _open_client(loop: asyncio.AbstractEventLoop, session: aioboto3.Session, settings: ClientSettings) -> S3Client:
+async def _open_client(
+    loop: asyncio.AbstractEventLoop, session: aioboto3.Session, settings: ClientSettings
+) -> S3Client:
     holder = _hold_client(session, settings)
     client = await holder.__anext__()
     # The loop tracks async generators weakly and closes the live ones at shutdown (asyncio.run, asyncio.Runner),
@@ -84,5 +90,7 @@ async def _open_client(loop: asyncio.AbstractEventLoop, session: aioboto3.Sessio
 
 
 async def _hold_client(session: aioboto3.Session, settings: ClientSettings) -> AsyncGenerator[S3Client]:
-    async with session.client('s3', config=settings.to_config()) as client:
+    async with session.client(
+        's3', endpoint_url=settings.endpoint_url, region_name=settings.region_name, config=settings.to_config()
+    ) as client:
         yield client

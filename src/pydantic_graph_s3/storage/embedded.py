@@ -32,9 +32,7 @@ def embedded_s3(*, timeout: float = 30.0) -> Iterator[str]:
     try:
         import moto.server  # noqa: F401  (checked here so the error is raised in the caller's process)
     except ImportError as e:
-        raise RuntimeError(
-            "the embedded S3 needs moto's server: pip install 'pydantic-graph-s3[embedded]'"
-        ) from e
+        raise RuntimeError("the embedded S3 needs moto's server: pip install 'pydantic-graph-s3[embedded]'") from e
     process = subprocess.Popen(
         [sys.executable, '-m', __name__],
         stdout=subprocess.PIPE,

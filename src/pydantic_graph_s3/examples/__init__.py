@@ -1,0 +1,1 @@
+"""Example graphs used by the demo, the benchmark, the tests and the Terraform example."""

@@ -1,0 +1,107 @@
+"""Fixtures: real S3 endpoints over HTTP on loopback (moto's server; SeaweedFS), a fresh bucket per test."""
+
+from __future__ import annotations as _annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aioboto3
+import pytest
+from types_aiobotocore_s3 import S3Client
+
+from pydantic_graph_s3 import ClientSettings, RetryPolicy, S3StatePersistence
+from pydantic_graph_s3.storage.embedded import embedded_s3
+
+
+@dataclass(frozen=True)
+class S3Endpoint:
+    name: str
+    url: str
+    access_key: str = 'testing'
+    secret_key: str = 'testing'
+    region: str = 'us-east-1'
+
+    def session(self) -> aioboto3.Session:
+        return aioboto3.Session(
+            aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key, region_name=self.region
+        )
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return 'asyncio'
+
+
+@pytest.fixture(scope='session')
+def moto_endpoint() -> Iterator[S3Endpoint]:
+    with embedded_s3() as url:
+        yield S3Endpoint('moto', url)
+
+
+ENDPOINTS = ['moto']
+
+
+@pytest.fixture(params=ENDPOINTS)
+def endpoint(request: pytest.FixtureRequest) -> S3Endpoint:
+    result: S3Endpoint = request.getfixturevalue(f'{request.param}_endpoint')
+    return result
+
+
+# Tests retry fast: the bounds are what is under test, not the waiting.
+FAST_RETRY = RetryPolicy(max_attempts=8, max_elapsed=30.0, initial_backoff=0.005, max_backoff=0.1)
+
+
+@dataclass
+class S3Bucket:
+    """A fresh bucket on one endpoint, with a raw client to look behind the persistence's back."""
+
+    endpoint: S3Endpoint
+    bucket: str
+    raw: S3Client
+    session: aioboto3.Session = field(repr=False)
+
+    @property
+    def settings(self) -> ClientSettings:
+        return ClientSettings(endpoint_url=self.endpoint.url, read_timeout=30.0)
+
+    def options(self, **overrides: Any) -> dict[str, Any]:
+        return {'session': self.session, 'client_settings': self.settings, 'retry': FAST_RETRY, **overrides}
+
+    def persistence(self, run_id: str, *, prefix: str = 'runs/', **overrides: Any) -> S3StatePersistence[Any, Any]:
+        return S3StatePersistence.for_run(run_id, bucket=self.bucket, prefix=prefix, **self.options(**overrides))
+
+    async def get(self, key: str) -> tuple[bytes, str, str]:
+        """Body, ETag and Content-Type of an object, read with the raw client."""
+        response = await self.raw.get_object(Bucket=self.bucket, Key=key)
+        async with response['Body'] as stream:
+            return await stream.read(), response['ETag'], response.get('ContentType', '')
+
+    async def put(self, key: str, body: bytes) -> None:
+        await self.raw.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType='application/json')
+
+
+@pytest.fixture
+async def s3(endpoint: S3Endpoint) -> AsyncIterator[S3Bucket]:
+    session = endpoint.session()
+    async with session.client('s3', endpoint_url=endpoint.url) as raw:
+        bucket = f'test-{uuid.uuid4().hex[:16]}'
+        await raw.create_bucket(Bucket=bucket)
+        yield S3Bucket(endpoint, bucket, raw, session)
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch, moto_endpoint: S3Endpoint) -> S3Endpoint:
+    """The standard AWS environment pointing at moto, for code that uses the default configuration."""
+    for name in [n for n in os.environ if n.startswith('AWS_')]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv('AWS_ACCESS_KEY_ID', moto_endpoint.access_key)
+    monkeypatch.setenv('AWS_SECRET_ACCESS_KEY', moto_endpoint.secret_key)
+    monkeypatch.setenv('AWS_DEFAULT_REGION', moto_endpoint.region)
+    monkeypatch.setenv('AWS_ENDPOINT_URL_S3', moto_endpoint.url)
+    monkeypatch.setenv('AWS_CONFIG_FILE', str(Path(os.devnull)))
+    monkeypatch.setenv('AWS_SHARED_CREDENTIALS_FILE', str(Path(os.devnull)))
+    return moto_endpoint
