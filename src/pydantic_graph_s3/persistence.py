@@ -7,6 +7,7 @@ is one pure change to the snapshot list, applied by the compare-and-swap primiti
 
 from __future__ import annotations as _annotations
 
+import json
 import re
 from collections.abc import AsyncGenerator, Callable
 from contextlib import asynccontextmanager
@@ -30,6 +31,7 @@ from pydantic_graph.persistence import (
     StateT,
     build_snapshot_list_type_adapter,
 )
+from pydantic_graph.persistence._utils import nodes_type_context
 
 from .storage import CasObject, CasStats, Change, ClientSettings, RetryPolicy, shared_client
 
@@ -68,10 +70,11 @@ class _SnapshotListCodec:
     """Snapshot lists to bytes and back, byte for byte as `FileStatePersistence` does (`indent=2`)."""
 
     adapter: pydantic.TypeAdapter[list[Any]]
+    node_ids: frozenset[str]
 
     def decode(self, body: bytes) -> list[Any]:
         try:
-            return self.adapter.validate_json(body)
+            snapshots = self.adapter.validate_json(body)
         except pydantic.ValidationError as e:
             errors = e.errors(include_url=False)
             first = errors[0]
@@ -79,6 +82,19 @@ class _SnapshotListCodec:
             raise ValueError(f'{len(errors)} validation error(s); at {where}: {first["msg"]}') from e
         except (TypeError, AttributeError, KeyError) as e:  # a node that is not an object trips the discriminator
             raise ValueError(f'not a snapshot list: {type(e).__name__}: {e}') from e
+        self._check_node_ids(body)
+        return snapshots
+
+    def _check_node_ids(self, body: bytes) -> None:
+        # pydantic-graph only discriminates on node_id when a graph has several node types: with one, any
+        # node_id validates, and another graph's run would be taken for ours and overwritten.
+        for index, item in enumerate(json.loads(body)):
+            node = item.get('node') if item.get('kind') == 'node' else None
+            if node is not None and node.get('node_id') not in self.node_ids:
+                raise ValueError(
+                    f'snapshot {index} is of node {node.get("node_id")!r}, which is not in this graph '
+                    f'(nodes: {", ".join(sorted(self.node_ids))})'
+                )
 
     def encode(self, value: list[Any]) -> bytes:
         return self.adapter.dump_json(value, indent=2)
@@ -118,6 +134,7 @@ class S3StatePersistence(BaseStatePersistence[StateT, RunEndT]):
     _snapshots_type_adapter: pydantic.TypeAdapter[list[Snapshot[StateT, RunEndT]]] | None = field(
         default=None, init=False, repr=False
     )
+    _node_ids: frozenset[str] = field(default=frozenset(), init=False, repr=False)
     _object: CasObject[Snapshots[StateT, RunEndT]] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -180,6 +197,7 @@ class S3StatePersistence(BaseStatePersistence[StateT, RunEndT]):
 
     def set_types(self, state_type: type[StateT], run_end_type: type[RunEndT]) -> None:
         self._snapshots_type_adapter = build_snapshot_list_type_adapter(state_type, run_end_type)
+        self._node_ids = frozenset(node.get_node_id() for node in nodes_type_context.get(()))
         self._object = None
 
     async def _update(self, change: Callable[[Snapshots[StateT, RunEndT]], Change[Snapshots[StateT, RunEndT], R]]) -> R:
@@ -195,7 +213,7 @@ class S3StatePersistence(BaseStatePersistence[StateT, RunEndT]):
             self._object = CasObject(
                 bucket=self.bucket,
                 key=self.key,
-                codec=_SnapshotListCodec(self._snapshots_type_adapter),
+                codec=_SnapshotListCodec(self._snapshots_type_adapter, self._node_ids),
                 client=self._client,
                 retry=self.retry,
                 max_object_bytes=self.max_object_bytes,
