@@ -102,7 +102,7 @@ async def test_unreachable_endpoint_is_bounded(s3: S3Bucket) -> None:
         retry=RetryPolicy(max_attempts=3, max_elapsed=10, initial_backoff=0.01, max_backoff=0.05),
     )
     started = time.perf_counter()
-    with pytest.raises(EndpointUnreachableError, match='http://127.0.0.1:9 unreachable after 3 attempt') as caught:
+    with pytest.raises(EndpointUnreachableError, match=r'http://127\.0\.0\.1:9 unreachable after 3 attempt') as caught:
         await persistence.load_all()
     assert time.perf_counter() - started < 10
     assert isinstance(caught.value, S3PersistenceError)
