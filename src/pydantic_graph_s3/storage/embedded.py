@@ -75,12 +75,19 @@ def _wait_ready(process: subprocess.Popen[str], timeout: float) -> str:
 
 
 def _serialized(app: Any) -> Any:
-    """Wrap a WSGI app so that requests run one at a time, making moto's check-then-write atomic."""
+    """Wrap a WSGI app so that requests run one at a time, making moto's check-then-write atomic.
+
+    It also drops moto's own `Server` header, which werkzeug sends again: strict HTTP parsers (aiohttp in
+    development mode) refuse a response with two.
+    """
     lock = threading.Lock()
 
     def serve_one(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        def start(status: str, headers: list[tuple[str, str]], *exc_info: Any) -> Any:
+            return start_response(status, [(k, v) for k, v in headers if k.lower() != 'server'], *exc_info)
+
         with lock:
-            return list(app(environ, start_response))
+            return list(app(environ, start))
 
     return serve_one
 

@@ -1,0 +1,116 @@
+"""What a step costs in S3 requests, and the shared client behind every instance on an event loop."""
+
+from __future__ import annotations as _annotations
+
+import subprocess
+import sys
+from collections import Counter
+from typing import Any
+
+import pytest
+from pydantic_graph import End
+
+from pydantic_graph_s3.examples.count_down import CountDown, CountDownState, count_down_graph
+from pydantic_graph_s3.storage import shared_client
+
+from .conftest import S3Bucket, S3Endpoint
+
+pytestmark = pytest.mark.anyio
+
+
+async def count_requests(s3: S3Bucket) -> Counter[str]:
+    """Count the HTTP requests the shared client sends, by operation, with a botocore event hook."""
+    sent: Counter[str] = Counter()
+    client = await shared_client(s3.session, s3.settings)
+
+    def on_send(request: Any, **_: Any) -> None:
+        sent[request.method] += 1
+
+    client.meta.events.register('before-send.s3', on_send)
+    return sent
+
+
+async def test_graph_run_costs_three_puts_per_step_and_one_get(s3: S3Bucket) -> None:
+    sent = await count_requests(s3)
+    persistence = s3.persistence('in-process')
+    await count_down_graph.run(CountDown(), state=CountDownState(4), persistence=persistence)
+    nodes = 5  # counters 4, 3, 2, 1, 0
+    # One GET finds no run, one create; then per node: running, finished, and the next snapshot (or the end).
+    assert sent == Counter({'GET': 1, 'PUT': 1 + 3 * nodes})
+    assert (persistence.stats.gets, persistence.stats.puts, persistence.stats.conflicts) == (1, 1 + 3 * nodes, 0)
+
+
+async def test_fresh_instance_per_step_costs_one_get_and_four_puts(s3: S3Bucket) -> None:
+    first = s3.persistence('fresh')
+    await count_down_graph.initialize(CountDown(), state=CountDownState(3), persistence=first)
+    sent = await count_requests(s3)
+    steps = 0
+    while True:
+        async with count_down_graph.iter_from_persistence(s3.persistence('fresh')) as run:
+            steps += 1
+            if isinstance(await run.next(), End):
+                break
+    assert steps == 4
+    assert sent == Counter({'GET': steps, 'PUT': 4 * steps})
+
+
+async def test_stale_cache_falls_back_to_a_read(s3: S3Bucket) -> None:
+    mine, theirs = s3.persistence('stale'), s3.persistence('stale')
+    for persistence in (mine, theirs):
+        persistence.set_graph_types(count_down_graph)
+    await mine.snapshot_node(CountDownState(1), CountDown())
+    await theirs.snapshot_node(CountDownState(2), CountDown())
+    await mine.snapshot_node(CountDownState(3), CountDown())  # its cached ETag is stale now
+
+    # One GET to find no run, one after the 412; two PUTs that landed and the one refused.
+    assert (mine.stats.conflicts, mine.stats.gets, mine.stats.puts) == (1, 2, 3)
+    assert [s.state.counter for s in await mine.load_all()] == [1, 2, 3]
+
+
+async def test_instances_on_one_loop_share_one_client(s3: S3Bucket, monkeypatch: pytest.MonkeyPatch) -> None:
+    session = s3.endpoint.session()
+    created = 0
+    make_client = session.client
+
+    def counting_client(*args: Any, **kwargs: Any) -> Any:
+        nonlocal created
+        created += 1
+        return make_client(*args, **kwargs)
+
+    monkeypatch.setattr(session, 'client', counting_client)
+    await count_down_graph.initialize(
+        CountDown(), state=CountDownState(2), persistence=s3.persistence('shared', session=session)
+    )
+    for _ in range(3):
+        async with count_down_graph.iter_from_persistence(s3.persistence('shared', session=session)) as run:
+            await run.next()
+    assert created == 1
+    assert await shared_client(session, s3.settings) is await shared_client(session, s3.settings)
+
+
+CLOSE_CHECK = """
+import asyncio, gc, sys
+import aioboto3
+from pydantic_graph_s3 import ClientSettings
+from pydantic_graph_s3.storage import shared_client
+
+session = aioboto3.Session(aws_access_key_id='testing', aws_secret_access_key='testing', region_name='us-east-1')
+settings = ClientSettings(endpoint_url=sys.argv[1])
+
+async def use_client():
+    client = await shared_client(session, settings)
+    await client.list_buckets()
+    return id(client)
+
+print(asyncio.run(use_client()) != asyncio.run(use_client()))
+gc.collect()
+"""
+
+
+def test_shared_clients_are_closed_when_the_loop_shuts_down(moto_endpoint: S3Endpoint) -> None:
+    # Development mode reports every unclosed aiohttp session and connector on stderr.
+    result = subprocess.run(
+        [sys.executable, '-X', 'dev', '-c', CLOSE_CHECK, moto_endpoint.url], capture_output=True, text=True, timeout=60
+    )
+    assert (result.returncode, result.stdout) == (0, 'True\n'), result.stderr
+    assert 'Unclosed' not in result.stderr
