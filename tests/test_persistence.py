@@ -211,6 +211,7 @@ async def test_node_error_is_recorded_by_graph(s3: S3Bucket) -> None:
     with pytest.raises(RuntimeError, match='node failed'):
         await boom_graph.run(Boom(), state=CountDownState(0), persistence=persistence)
     (snapshot,) = await persistence.load_all()
+    assert isinstance(snapshot, NodeSnapshot)
     assert snapshot.status == 'error'
 
 
