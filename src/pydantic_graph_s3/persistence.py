@@ -7,7 +7,8 @@ is one pure change to the snapshot list, applied by the compare-and-swap primiti
 
 from __future__ import annotations as _annotations
 
-import json
+import copy
+import functools
 import re
 from collections.abc import AsyncGenerator, Callable
 from contextlib import asynccontextmanager
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import aioboto3
 import pydantic
+import pydantic_core
 from pydantic_graph import BaseNode, End
 from pydantic_graph.exceptions import GraphNodeStatusError
 from pydantic_graph.persistence import (
@@ -31,7 +33,7 @@ from pydantic_graph.persistence import (
     StateT,
     build_snapshot_list_type_adapter,
 )
-from pydantic_graph.persistence._utils import nodes_type_context
+from pydantic_graph.persistence._utils import nodes_type_context, set_nodes_type_context
 
 from .storage import CasObject, CasStats, Change, ClientSettings, RetryPolicy, shared_client
 
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
 __all__ = ('S3StatePersistence', 'run_object_key', 'validate_run_id')
 
 R = TypeVar('R')
+S = TypeVar('S')
 Snapshots = list[Snapshot[StateT, RunEndT]]
 
 _RUN_ID = re.compile(r'[A-Za-z0-9._=-]{1,200}')
@@ -65,7 +68,21 @@ def run_object_key(prefix: str, run_id: str) -> str:
     return f'{prefix}{validate_run_id(run_id)}.json'
 
 
-@dataclass
+@functools.lru_cache(maxsize=256)
+def _snapshot_list_codec(
+    state_type: type[Any], run_end_type: type[Any], node_types: tuple[type[BaseNode[Any, Any, Any]], ...]
+) -> _SnapshotListCodec:
+    """One codec per graph and types, shared by all instances.
+
+    Building the pydantic schema costs milliseconds, about as much as an S3 request, and the pattern of one
+    persistence object per step would otherwise pay it on every step.
+    """
+    with set_nodes_type_context(node_types):
+        adapter = build_snapshot_list_type_adapter(state_type, run_end_type)
+    return _SnapshotListCodec(adapter, frozenset(node.get_node_id() for node in node_types))
+
+
+@dataclass(frozen=True)
 class _SnapshotListCodec:
     """Snapshot lists to bytes and back, byte for byte as `FileStatePersistence` does (`indent=2`)."""
 
@@ -82,13 +99,14 @@ class _SnapshotListCodec:
             raise ValueError(f'{len(errors)} validation error(s); at {where}: {first["msg"]}') from e
         except (TypeError, AttributeError, KeyError) as e:  # a node that is not an object trips the discriminator
             raise ValueError(f'not a snapshot list: {type(e).__name__}: {e}') from e
-        self._check_node_ids(body)
+        if len(self.node_ids) == 1:
+            self._check_node_ids(body)
         return snapshots
 
     def _check_node_ids(self, body: bytes) -> None:
         # pydantic-graph only discriminates on node_id when a graph has several node types: with one, any
         # node_id validates, and another graph's run would be taken for ours and overwritten.
-        for index, item in enumerate(json.loads(body)):
+        for index, item in enumerate(pydantic_core.from_json(body)):
             node = item.get('node') if item.get('kind') == 'node' else None
             if node is not None and node.get('node_id') not in self.node_ids:
                 raise ValueError(
@@ -131,10 +149,7 @@ class S3StatePersistence(BaseStatePersistence[StateT, RunEndT]):
     max_object_bytes: int | None = 64 * 1024 * 1024
     """Refuse to download a larger object (checked on `ContentLength`, before the body is read)."""
 
-    _snapshots_type_adapter: pydantic.TypeAdapter[list[Snapshot[StateT, RunEndT]]] | None = field(
-        default=None, init=False, repr=False
-    )
-    _node_ids: frozenset[str] = field(default=frozenset(), init=False, repr=False)
+    _codec: _SnapshotListCodec | None = field(default=None, init=False, repr=False)
     _object: CasObject[Snapshots[StateT, RunEndT]] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -161,16 +176,17 @@ class S3StatePersistence(BaseStatePersistence[StateT, RunEndT]):
         return self._cas().stats
 
     async def snapshot_node(self, state: StateT, next_node: BaseNode[StateT, Any, RunEndT]) -> None:
-        snapshot = NodeSnapshot(state=state, node=next_node)
+        snapshot = _detached(NodeSnapshot(state=state, node=next_node))
         await self._update(partial(_append_if_new, snapshot.id, snapshot))
 
     async def snapshot_node_if_new(
         self, snapshot_id: str, state: StateT, next_node: BaseNode[StateT, Any, RunEndT]
     ) -> None:
-        await self._update(partial(_append_if_new, snapshot_id, NodeSnapshot(state=state, node=next_node)))
+        snapshot = _detached(NodeSnapshot(state=state, node=next_node))
+        await self._update(partial(_append_if_new, snapshot_id, snapshot))
 
     async def snapshot_end(self, state: StateT, end: End[RunEndT]) -> None:
-        snapshot = EndSnapshot(state=state, result=end)
+        snapshot = _detached(EndSnapshot(state=state, result=end))
         await self._update(partial(_append_if_new, snapshot.id, snapshot))
 
     @asynccontextmanager
@@ -193,11 +209,11 @@ class S3StatePersistence(BaseStatePersistence[StateT, RunEndT]):
 
     def should_set_types(self) -> bool:
         """Whether types need to be set."""
-        return self._snapshots_type_adapter is None
+        return self._codec is None
 
     def set_types(self, state_type: type[StateT], run_end_type: type[RunEndT]) -> None:
-        self._snapshots_type_adapter = build_snapshot_list_type_adapter(state_type, run_end_type)
-        self._node_ids = frozenset(node.get_node_id() for node in nodes_type_context.get(()))
+        types: tuple[Any, ...] = (state_type, run_end_type, tuple(nodes_type_context.get(())))
+        self._codec = _snapshot_list_codec(*types)
         self._object = None
 
     async def _update(self, change: Callable[[Snapshots[StateT, RunEndT]], Change[Snapshots[StateT, RunEndT], R]]) -> R:
@@ -205,7 +221,7 @@ class S3StatePersistence(BaseStatePersistence[StateT, RunEndT]):
 
     def _cas(self) -> CasObject[Snapshots[StateT, RunEndT]]:
         if self._object is None:
-            if self._snapshots_type_adapter is None:
+            if self._codec is None:
                 raise RuntimeError(
                     f'{self.uri}: snapshot types are not set. Pass this persistence to a Graph method '
                     '(run, iter, iter_from_persistence, initialize), or call set_graph_types(graph) first.'
@@ -213,7 +229,7 @@ class S3StatePersistence(BaseStatePersistence[StateT, RunEndT]):
             self._object = CasObject(
                 bucket=self.bucket,
                 key=self.key,
-                codec=_SnapshotListCodec(self._snapshots_type_adapter, self._node_ids),
+                codec=self._codec,
                 client=self._client,
                 retry=self.retry,
                 max_object_bytes=self.max_object_bytes,
@@ -226,8 +242,17 @@ class S3StatePersistence(BaseStatePersistence[StateT, RunEndT]):
         return await shared_client(self.session, self.client_settings)
 
 
+def _detached(snapshot: S) -> S:
+    """A copy sharing nothing with the caller, whose graph goes on changing its state and nodes in place.
+
+    The snapshot is built before copying, so that the node's snapshot id is set on the caller's node too.
+    """
+    return copy.deepcopy(snapshot)
+
+
 # The change functions below are pure: they read the snapshot list they are given and return a new one,
-# because the compare-and-swap loop may call them again on a fresher list after a conflict.
+# because the compare-and-swap loop may call them again on a fresher list after a conflict, and caches the
+# list it wrote. What they return to callers is a copy, for the same reason.
 
 
 def _append_if_new(
@@ -246,7 +271,7 @@ def _claim_next_created(
     for index, snapshot in enumerate(snapshots):
         if isinstance(snapshot, NodeSnapshot) and snapshot.status == 'created':
             claimed = replace(snapshot, status='pending')
-            return Change(_replaced(snapshots, index, claimed), claimed)
+            return Change(_replaced(snapshots, index, claimed), _detached(claimed))
     return Change(None, None)
 
 

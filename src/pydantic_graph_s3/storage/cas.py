@@ -11,7 +11,7 @@ from __future__ import annotations as _annotations
 
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 from botocore.exceptions import (
@@ -106,9 +106,12 @@ class CasStats:
 
 
 @dataclass(frozen=True)
-class _Version:
+class _Version(Generic[T]):
+    """A version of the object: its bytes and ETag, and the decoded value when no caller holds that value."""
+
     body: bytes
     etag: str
+    value: T | None = None
 
 
 class _Retryable(Exception):
@@ -159,15 +162,15 @@ class CasObject(Generic[T]):
     content_type: str = 'application/json'
     max_object_bytes: int | None = 64 * 1024 * 1024
     stats: CasStats = field(default_factory=CasStats)
-    _version: _Version | None = field(default=None, init=False, repr=False)
+    _version: _Version[T] | None = field(default=None, init=False, repr=False)
     _endpoint_url: str = field(default='the S3 endpoint', init=False, repr=False)
 
     async def load(self) -> T:
         """A fresh read of the current value (the empty value when the object does not exist)."""
 
         async def read() -> T:
-            version = await self._get()
-            return self._decode(version)
+            # Decoded afresh and not cached: the caller owns (and may change) what it gets.
+            return self._decode(await self._get())
 
         return await self._with_retries(read)
 
@@ -175,9 +178,12 @@ class CasObject(Generic[T]):
         """Apply `change` to the current value and write the result back atomically; return what it decided.
 
         `change` may run several times, once per attempt, always on the value as it then is in S3; exceptions
-        it raises abort the update with nothing written. When a PUT's outcome is unknown (a timeout, a dropped
-        connection, a 5xx), the next attempt recognises the body it tried to write, so a write that did land
-        is not applied twice.
+        it raises abort the update with nothing written. It must not modify the value it is given, nor return
+        parts of the new value as its result: the new value is cached and handed to the next change as is,
+        which spares a writer with a warm cache from decoding the whole object on every update.
+
+        When a PUT's outcome is unknown (a timeout, a dropped connection, a 5xx), the next attempt recognises
+        the body it tried to write, so a write that did land is not applied twice.
         """
         unconfirmed: tuple[bytes, R] | None = None
 
@@ -190,12 +196,17 @@ class CasObject(Generic[T]):
                 unconfirmed = None
                 if version is not None and version.body == body:
                     return result
-            decided = change(self._decode(version))
+            current = version.value if version is not None and version.value is not None else self._decode(version)
+            decided = change(current)
             if decided.value is None:
+                if version is not None:
+                    self._version = replace(version, value=current)
                 return decided.result
             body = self.codec.encode(decided.value)
             try:
-                await self._put(body, version.etag if version is not None else None, from_cache=cached is not None)
+                await self._put(
+                    body, decided.value, version.etag if version is not None else None, from_cache=cached is not None
+                )
             except _Retryable as e:
                 if not e.conflict:
                     unconfirmed = (body, decided.result)
@@ -208,7 +219,7 @@ class CasObject(Generic[T]):
         """Drop the cached version, so the next update starts with a GET."""
         self._version = None
 
-    def _decode(self, version: _Version | None) -> T:
+    def _decode(self, version: _Version[T] | None) -> T:
         if version is None:
             return self.codec.empty()
         try:
@@ -222,7 +233,7 @@ class CasObject(Generic[T]):
         self._endpoint_url = client.meta.endpoint_url
         return client
 
-    async def _get(self) -> _Version | None:
+    async def _get(self) -> _Version[T] | None:
         client = await self._s3()
         self.stats.gets += 1
         try:
@@ -241,7 +252,7 @@ class CasObject(Generic[T]):
         self._version = _Version(body, response['ETag'])
         return self._version
 
-    async def _put(self, body: bytes, etag: str | None, *, from_cache: bool) -> None:
+    async def _put(self, body: bytes, value: T, etag: str | None, *, from_cache: bool) -> None:
         client = await self._s3()
         self.stats.puts += 1
         self.stats.bytes_sent += len(body)
@@ -262,7 +273,7 @@ class CasObject(Generic[T]):
                 self.stats.conflicts += 1
                 raise _Retryable('object deleted since it was read', conflict=True) from e
             raise self._classify(e, 'PutObject', from_cache=from_cache) from e
-        self._version = _Version(body, response['ETag'])
+        self._version = _Version(body, response['ETag'], value)
 
     def _classify(self, error: ClientError | BotoCoreError, operation: str, *, from_cache: bool) -> Exception:
         """Turn a botocore error into `_Retryable` (try again) or a typed, final `S3PersistenceError`."""
