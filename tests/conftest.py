@@ -14,21 +14,16 @@ import pytest
 from types_aiobotocore_s3 import S3Client
 
 from pydantic_graph_s3 import ClientSettings, RetryPolicy, S3StatePersistence
-from pydantic_graph_s3.storage.embedded import embedded_s3
+
+from .support.endpoints import S3Endpoint, moto_s3
+from .support.seaweedfs import seaweedfs_s3
 
 
-@dataclass(frozen=True)
-class S3Endpoint:
-    name: str
-    url: str
-    access_key: str = 'testing'
-    secret_key: str = 'testing'
-    region: str = 'us-east-1'
-
-    def session(self) -> aioboto3.Session:
-        return aioboto3.Session(
-            aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key, region_name=self.region
-        )
+def new_session(endpoint: S3Endpoint) -> aioboto3.Session:
+    """A session of its own, and so a client and connection pool of its own, signing for `endpoint`."""
+    return aioboto3.Session(
+        aws_access_key_id=endpoint.access_key, aws_secret_access_key=endpoint.secret_key, region_name=endpoint.region
+    )
 
 
 @pytest.fixture
@@ -38,17 +33,21 @@ def anyio_backend() -> str:
 
 @pytest.fixture(scope='session')
 def moto_endpoint() -> Iterator[S3Endpoint]:
-    with embedded_s3() as url:
-        yield S3Endpoint('moto', url)
+    with moto_s3() as endpoint:
+        yield endpoint
 
 
-ENDPOINTS = ['moto']
+@pytest.fixture(scope='session')
+def seaweedfs_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Endpoint]:
+    with seaweedfs_s3(tmp_path_factory.mktemp('seaweedfs')) as endpoint:
+        yield endpoint
 
 
-@pytest.fixture(params=ENDPOINTS)
-def endpoint(request: pytest.FixtureRequest) -> S3Endpoint:
-    result: S3Endpoint = request.getfixturevalue(f'{request.param}_endpoint')
-    return result
+@pytest.fixture(params=['moto', 'seaweedfs'])
+def endpoint_name(request: pytest.FixtureRequest) -> str:
+    """Which S3 implementation a test runs against: every `s3` test runs against each."""
+    name: str = request.param
+    return name
 
 
 # Tests retry fast: the bounds are what is under test, not the waiting.
@@ -59,6 +58,7 @@ FAST_RETRY = RetryPolicy(max_attempts=8, max_elapsed=30.0, initial_backoff=0.005
 class S3Bucket:
     """A fresh bucket on one endpoint, with a raw client to look behind the persistence's back."""
 
+    name: str
     endpoint: S3Endpoint
     bucket: str
     raw: S3Client
@@ -85,12 +85,13 @@ class S3Bucket:
 
 
 @pytest.fixture
-async def s3(endpoint: S3Endpoint) -> AsyncIterator[S3Bucket]:
-    session = endpoint.session()
+async def s3(request: pytest.FixtureRequest, endpoint_name: str) -> AsyncIterator[S3Bucket]:
+    endpoint: S3Endpoint = request.getfixturevalue(f'{endpoint_name}_endpoint')
+    session = new_session(endpoint)
     async with session.client('s3', endpoint_url=endpoint.url) as raw:
         bucket = f'test-{uuid.uuid4().hex[:16]}'
         await raw.create_bucket(Bucket=bucket)
-        yield S3Bucket(endpoint, bucket, raw, session)
+        yield S3Bucket(endpoint_name, endpoint, bucket, raw, session)
 
 
 @pytest.fixture

@@ -3,7 +3,8 @@
 Each node execution appends `counter pid` to a log file (O_APPEND writes of one short line are atomic), so the
 test can check that every step's node ran exactly once across all workers.
 
-Usage: python -m tests.race_worker ENDPOINT_URL BUCKET RUN_ID LOG_PATH
+Usage (credentials from the environment, as in a deployed worker):
+    RACE_LOG=PATH python -m tests.race_worker ENDPOINT_URL BUCKET RUN_ID
 """
 
 from __future__ import annotations as _annotations
@@ -15,7 +16,6 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-import aioboto3
 from pydantic_graph import BaseNode, End, GraphRunContext
 from pydantic_graph.exceptions import GraphNodeStatusError, GraphRuntimeError
 from pydantic_graph.graph import Graph
@@ -47,9 +47,8 @@ race_graph = Graph(nodes=[Step])
 
 async def advance_until_done(endpoint: str, bucket: str, run_id: str) -> int:
     """Advance the run with a fresh persistence per step until it has ended; return the steps this worker ran."""
-    session = aioboto3.Session(aws_access_key_id='testing', aws_secret_access_key='testing', region_name='us-east-1')
     options: dict[str, Any] = {
-        'session': session,
+        # Credentials and region come from the environment, as in a deployed worker.
         'client_settings': ClientSettings(endpoint_url=endpoint, read_timeout=60),
         'retry': RetryPolicy(max_attempts=50, max_elapsed=120, initial_backoff=0.005, max_backoff=0.2),
     }

@@ -13,7 +13,8 @@ from pydantic_graph import End
 from pydantic_graph_s3.examples.count_down import CountDown, CountDownState, count_down_graph
 from pydantic_graph_s3.storage import shared_client
 
-from .conftest import S3Bucket, S3Endpoint
+from .conftest import S3Bucket, new_session
+from .support.endpoints import S3Endpoint
 
 pytestmark = pytest.mark.anyio
 
@@ -68,7 +69,7 @@ async def test_stale_cache_falls_back_to_a_read(s3: S3Bucket) -> None:
 
 
 async def test_instances_on_one_loop_share_one_client(s3: S3Bucket, monkeypatch: pytest.MonkeyPatch) -> None:
-    session = s3.endpoint.session()
+    session = new_session(s3.endpoint)
     created = 0
     make_client = session.client
 

@@ -75,7 +75,7 @@ async def test_methods_need_types_first(s3: S3Bucket) -> None:
 
 async def test_seed_example_one_step_per_fresh_instance(s3: S3Bucket, aws_env: Any) -> None:
     # The seed example as written, with the default client configuration (AWS_ENDPOINT_URL_S3 from the env).
-    if s3.endpoint.name != 'moto':
+    if s3.name != 'moto':
         pytest.skip('the default AWS configuration points at moto')
     await start_run('seed', bucket=s3.bucket, prefix='runs/', counter=3)
     results = []

@@ -16,7 +16,7 @@ from pydantic_graph.persistence import EndSnapshot, NodeSnapshot
 from pydantic_graph_s3 import S3StatePersistence
 from pydantic_graph_s3.examples.count_down import CountDown, CountDownState, count_down_graph
 
-from .conftest import S3Bucket
+from .conftest import S3Bucket, new_session
 from .race_worker import RaceState, Step, race_graph
 
 pytestmark = pytest.mark.anyio
@@ -26,7 +26,7 @@ RACERS = 12
 
 def racer(s3: S3Bucket, run_id: str) -> S3StatePersistence[Any, Any]:
     """A persistence with a session, and so a client and connection pool, of its own."""
-    persistence = s3.persistence(run_id, session=s3.endpoint.session())
+    persistence = s3.persistence(run_id, session=new_session(s3.endpoint))
     persistence.set_graph_types(count_down_graph)
     return persistence
 
@@ -92,7 +92,13 @@ async def test_worker_processes_racing_on_one_run_execute_each_node_once(s3: S3B
     log = tmp_path / 'executions.log'
 
     def run_workers() -> list[int]:
-        env = {**os.environ, 'RACE_LOG': str(log)}
+        env = {
+            **os.environ,
+            'RACE_LOG': str(log),
+            'AWS_ACCESS_KEY_ID': s3.endpoint.access_key,
+            'AWS_SECRET_ACCESS_KEY': s3.endpoint.secret_key,
+            'AWS_DEFAULT_REGION': s3.endpoint.region,
+        }
         command = [sys.executable, '-m', 'tests.race_worker', s3.endpoint.url, s3.bucket, 'process-race']
         processes = [
             subprocess.Popen(command, env=env, stdout=subprocess.PIPE, cwd=Path(__file__).parent.parent, text=True)

@@ -190,7 +190,14 @@ class CasObject(Generic[T]):
         async def attempt() -> R:
             nonlocal unconfirmed
             cached = self._version
-            version = cached if cached is not None else await self._get()
+            denied: AccessDeniedError | None = None
+            try:
+                version = cached if cached is not None else await self._get()
+            except AccessDeniedError as e:
+                # S3 answers 403, not 404, for a missing key when the caller may not list the bucket (a ListBucket
+                # grant limited by an s3:prefix condition does that). Taking the object as missing can only lead to
+                # a create with IfNoneMatch='*', which fails harmlessly if the object does exist after all.
+                version, denied = None, e
             if unconfirmed is not None:
                 body, result = unconfirmed
                 unconfirmed = None
@@ -199,6 +206,8 @@ class CasObject(Generic[T]):
             current = version.value if version is not None and version.value is not None else self._decode(version)
             decided = change(current)
             if decided.value is None:
+                if denied is not None:
+                    raise denied
                 if version is not None:
                     self._version = replace(version, value=current)
                 return decided.result
@@ -208,6 +217,8 @@ class CasObject(Generic[T]):
                     body, decided.value, version.etag if version is not None else None, from_cache=cached is not None
                 )
             except _Retryable as e:
+                if denied is not None and e.conflict:
+                    raise denied from e  # it exists, and we may not read it
                 if not e.conflict:
                     unconfirmed = (body, decided.result)
                 raise
@@ -283,8 +294,10 @@ class CasObject(Generic[T]):
             return _Retryable(f'{operation}: {code} (another writer won)', conflict=True, from_cache=from_cache)
         if code in _TRANSIENT_CODES:
             return _Retryable(f'{operation}: {code}')
-        if isinstance(error, HTTPClientError | BotoConnectionError):
+        if isinstance(error, BotoConnectionError):  # no connection at all: refused, DNS, connect timeout
             return _Retryable(f'{operation}: {type(error).__name__}: {error}', unreachable=True)
+        if isinstance(error, HTTPClientError):  # connected, then a read timeout or a dropped connection
+            return _Retryable(f'{operation}: {type(error).__name__}: {error}')
         if code == 'NoSuchBucket':
             return BucketNotFoundError(self.bucket, self.key)
         if code in {'AccessDenied', '403', 'AllAccessDisabled'}:

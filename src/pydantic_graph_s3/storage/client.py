@@ -10,11 +10,12 @@ from __future__ import annotations as _annotations
 import asyncio
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from weakref import WeakKeyDictionary
 
 import aioboto3
 from aiobotocore.config import AioConfig
+from aiobotocore.httpsession import AIOHTTPSession
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -44,7 +45,22 @@ class ClientSettings:
             read_timeout=self.read_timeout,
             max_pool_connections=self.max_pool_connections,
             retries={'total_max_attempts': 1},
+            http_session_cls=_NoResendHTTPSession,
         )
+
+
+class _NoResendHTTPSession(AIOHTTPSession):
+    """aiobotocore's HTTP session, minus aiohttp's silent resend of a PUT whose connection dropped.
+
+    HTTP calls PUT idempotent, so aiohttp sends it once more by itself. A conditional PUT is not: when the first
+    copy landed, the second is refused with 412, and a writer that won would believe it lost (and refuse to run
+    the node it just claimed). The compare-and-swap loop, which can tell its own write apart, decides instead.
+    """
+
+    async def _get_session(self, proxy_url: Any) -> Any:
+        session = await super()._get_session(proxy_url)  # type: ignore[misc]  # private in aiobotocore's stubs
+        session._retry_connection = False  # aiohttp >= 3.10; a plain attribute on older releases, and unused
+        return session
 
 
 _default_session: aioboto3.Session | None = None

@@ -49,11 +49,16 @@ class AccessDeniedError(S3PersistenceError):
 
     def __init__(self, bucket: str, key: str, operation: str) -> None:
         self.operation = operation
+        maybe_missing = (
+            ' (S3 also answers 403 for an object that does not exist when the identity may not list the bucket)'
+            if operation == 'GetObject'
+            else ''
+        )
         super().__init__(
             bucket,
             key,
-            f'access denied for {operation}. Grant s3:GetObject and s3:PutObject on arn:aws:s3:::{bucket}/{key} '
-            'to the identity these credentials belong to.',
+            f'access denied for {operation}{maybe_missing}. Grant s3:GetObject and s3:PutObject on '
+            f'arn:aws:s3:::{bucket}/{key} to the identity these credentials belong to.',
         )
 
 
