@@ -117,6 +117,8 @@ _REQUEST: TypeAdapter[Request] = TypeAdapter(Annotated[Request, Field(discrimina
 
 def parse_request(body: object) -> Request:
     """The request in an event body, or `InvalidEventError` saying what is wrong with it."""
+    if isinstance(body, Mapping) and 'action' not in body:
+        raise InvalidEventError('invalid request: action: Field required (one of "start", "advance")')
     try:
         return _REQUEST.validate_python(body)
     except pydantic.ValidationError as e:
@@ -261,8 +263,10 @@ class GraphWorker(Generic[StateT, DepsT, RunEndT]):
         except GraphRuntimeError:
             if entered:
                 raise
-            # Nothing to claim (`load_next` found no `created` snapshot): the history says why.
-            return run_status(run_id, await persistence.load_all())
+            # Nothing to claim (`load_next` found no `created` snapshot): the history says why. A `created` one
+            # there now was written since by another worker, still advancing the run: that is `busy` too.
+            status = run_status(run_id, await persistence.load_all())
+            return status.model_copy(update={'status': 'busy'}) if status.status == 'running' else status
 
     async def _run_steps(
         self,
