@@ -363,8 +363,8 @@ class GraphWorker(Generic[StateT, DepsT, RunEndT]):
             logger.exception('SQS message %s failed', record['messageId'])
             return False
         if isinstance(request, AdvanceRequest) and result.status == 'running':
-            logger.info('run %s is still running after %d steps: message %s goes back to the queue',
-                        result.run_id, result.steps, record['messageId'])  # fmt: skip
+            message = 'run %s is still running after %d steps: message %s goes back to the queue'
+            logger.info(message, result.run_id, result.steps, record['messageId'])
             return False
         return True
 
