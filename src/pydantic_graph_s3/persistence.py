@@ -185,6 +185,18 @@ class S3StatePersistence(BaseStatePersistence[StateT, RunEndT]):
         snapshot = _detached(NodeSnapshot(state=state, node=next_node))
         await self._update(partial(_append_if_new, snapshot_id, snapshot))
 
+    async def initialize_run(
+        self, state: StateT, node: BaseNode[StateT, Any, RunEndT]
+    ) -> list[Snapshot[StateT, RunEndT]] | None:
+        """Create the run with `node` as its first snapshot, as `Graph.initialize` does, unless it already exists.
+
+        Returns `None` when this call created the run, else the existing run's snapshots, which are left as they
+        are: `Graph.initialize` appends, so a retried or duplicated start would add a second first node. The
+        write is create-only (`IfNoneMatch='*'`, no GET first), so of concurrent starts exactly one creates.
+        """
+        snapshot = _detached(NodeSnapshot(state=state, node=node))
+        return await self._cas().update(partial(_create_if_empty, snapshot), expect_missing=True)
+
     async def snapshot_end(self, state: StateT, end: End[RunEndT]) -> None:
         snapshot = _detached(EndSnapshot(state=state, result=end))
         await self._update(partial(_append_if_new, snapshot.id, snapshot))
@@ -263,6 +275,14 @@ def _append_if_new(
     if any(s.id == snapshot_id for s in snapshots):
         return Change(None, None)
     return Change([*snapshots, snapshot], None)
+
+
+def _create_if_empty(
+    snapshot: Snapshot[Any, Any], snapshots: Snapshots[Any, Any]
+) -> Change[Snapshots[Any, Any], Snapshots[Any, Any] | None]:
+    if snapshots:
+        return Change(None, _detached(snapshots))
+    return Change([snapshot], None)
 
 
 def _claim_next_created(

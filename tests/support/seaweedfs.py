@@ -20,7 +20,7 @@ from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-import boto3  # type: ignore[import-untyped]  # (no stubs installed; the sync client is only a probe)
+import boto3  # the sync client is only a readiness probe
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 

@@ -1,7 +1,8 @@
 """pydantic-graph's count-down example (`count_down_from_persistence` in its persistence docs).
 
 The only change from the original is the persistence line: `S3StatePersistence.for_run` instead of
-`FileStatePersistence`.
+`FileStatePersistence`. `handler` serves the graph as an AWS Lambda function (see `GraphWorker`): the Terraform
+example deploys it as `pydantic_graph_s3.examples.count_down.handler`.
 """
 
 from __future__ import annotations as _annotations
@@ -12,8 +13,9 @@ from pydantic_graph import BaseNode, End, GraphRunContext
 from pydantic_graph.graph import Graph
 
 from ..persistence import S3StatePersistence
+from ..serverless import GraphWorker
 
-__all__ = ('CountDownState', 'CountDown', 'count_down_graph', 'start_run', 'run_node')
+__all__ = ('CountDownState', 'CountDown', 'count_down_graph', 'start_run', 'run_node', 'worker', 'handler')
 
 
 @dataclass
@@ -31,6 +33,10 @@ class CountDown(BaseNode[CountDownState, None, int]):
 
 
 count_down_graph = Graph(nodes=[CountDown])
+
+# The bucket and prefix come from PYDANTIC_GRAPH_S3_BUCKET / PYDANTIC_GRAPH_S3_PREFIX, read on the first event.
+worker = GraphWorker(count_down_graph)
+handler = worker.lambda_handler
 
 
 async def start_run(run_id: str, *, bucket: str, prefix: str = '', counter: int = 5) -> None:

@@ -174,7 +174,7 @@ class CasObject(Generic[T]):
 
         return await self._with_retries(read)
 
-    async def update(self, change: Callable[[T], Change[T, R]]) -> R:
+    async def update(self, change: Callable[[T], Change[T, R]], *, expect_missing: bool = False) -> R:
         """Apply `change` to the current value and write the result back atomically; return what it decided.
 
         `change` may run several times, once per attempt, always on the value as it then is in S3; exceptions
@@ -184,15 +184,22 @@ class CasObject(Generic[T]):
 
         When a PUT's outcome is unknown (a timeout, a dropped connection, a 5xx), the next attempt recognises
         the body it tried to write, so a write that did land is not applied twice.
+
+        `expect_missing=True` is for creating objects: the first attempt skips the GET and applies `change` to the
+        empty value, writing with `IfNoneMatch='*'`; only if the object exists after all (412) does the next
+        attempt read it. That saves a request, and a GET of a missing key, which S3 answers with 403 rather than
+        404 to a caller whose `s3:ListBucket` is limited by an `s3:prefix` condition.
         """
         unconfirmed: tuple[bytes, R] | None = None
+        guess_missing = expect_missing
 
         async def attempt() -> R:
-            nonlocal unconfirmed
+            nonlocal unconfirmed, guess_missing
             cached = self._version
+            guessed, guess_missing = cached is None and guess_missing, False
             denied: AccessDeniedError | None = None
             try:
-                version = cached if cached is not None else await self._get()
+                version = cached if cached is not None or guessed else await self._get()
             except AccessDeniedError as e:
                 # S3 answers 403, not 404, for a missing key when the caller may not list the bucket (a ListBucket
                 # grant limited by an s3:prefix condition does that). Taking the object as missing can only lead to
@@ -213,9 +220,9 @@ class CasObject(Generic[T]):
                 return decided.result
             body = self.codec.encode(decided.value)
             try:
-                await self._put(
-                    body, decided.value, version.etag if version is not None else None, from_cache=cached is not None
-                )
+                # A conflict on a guess or a cached ETag only means we did not know the current version.
+                etag = version.etag if version is not None else None
+                await self._put(body, decided.value, etag, from_cache=cached is not None or guessed)
             except _Retryable as e:
                 if denied is not None and e.conflict:
                     raise denied from e  # it exists, and we may not read it

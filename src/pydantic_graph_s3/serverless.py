@@ -1,0 +1,457 @@
+"""Serverless workers: start and advance pydantic-graph runs stored in S3 from AWS Lambda.
+
+`GraphWorker` runs a graph's steps with `S3StatePersistence`, so any number of invocations (Step Functions
+retries, duplicated SQS deliveries, concurrent callers) can work on one run: one of them runs each step, the
+others answer `busy`, and nothing runs twice. Its `lambda_handler` takes direct, Step Functions, SQS and
+EventBridge events and answers with a `StepResult`.
+"""
+
+from __future__ import annotations as _annotations
+
+import asyncio
+import atexit
+import dataclasses
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Generic, Literal, Protocol, TypeVar
+
+import pydantic
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic_graph import BaseNode, End
+from pydantic_graph.exceptions import GraphNodeStatusError, GraphRuntimeError
+from pydantic_graph.graph import Graph, GraphRun
+from pydantic_graph.persistence import EndSnapshot, Snapshot
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .persistence import S3StatePersistence, validate_run_id
+from .storage import S3PersistenceError
+
+__all__ = (
+    'GraphWorker',
+    'StepResult',
+    'StepBudget',
+    'WorkerSettings',
+    'StartRequest',
+    'AdvanceRequest',
+    'InvalidEventError',
+    'RunNotFoundError',
+    'LambdaContext',
+    'parse_request',
+    'run_status',
+    'event_loop',
+    'close_event_loop',
+)
+
+StateT = TypeVar('StateT')
+DepsT = TypeVar('DepsT')
+RunEndT = TypeVar('RunEndT')
+
+logger = logging.getLogger(__name__)
+
+Status = Literal['running', 'done', 'failed', 'busy']
+
+
+class StepResult(BaseModel):
+    """What a `start` or `advance` call did and where the run stands; the Lambda handler returns it as a dict.
+
+    Every key is always present (`None` when it does not apply): the Step Functions definition selects them all.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    run_id: str
+    status: Status
+    """`running`: there is a next step to run. `done`: the run ended (see `output`). `failed`: a node raised
+    (see `error`). `busy`: another worker holds the current step; ask again later."""
+    steps: int = 0
+    """Steps run by this call."""
+    next_node: str | None = None
+    """Node id of the step to run next (`running`), or being run by another worker (`busy`)."""
+    output: Any = None
+    """The `End` data of a `done` run."""
+    error: str | None = None
+    """What went wrong in a `failed` run."""
+
+
+class InvalidEventError(ValueError):
+    """The event is not a request this worker understands; nothing was read or written."""
+
+
+class RunNotFoundError(LookupError):
+    """The run to advance does not exist (it was never started, or it expired)."""
+
+
+RunId = Annotated[str, AfterValidator(validate_run_id)]
+
+
+class StartRequest(BaseModel):
+    """`{"action": "start", "run_id": ..., "node": {"node_id": ..., **fields}, "state": ...}`"""
+
+    model_config = ConfigDict(extra='forbid')
+
+    action: Literal['start']
+    run_id: RunId
+    node: dict[str, Any]
+    """The first node, as snapshots store it: its `node_id` and its fields."""
+    state: Any = None
+    """The start state, validated against the graph's state type."""
+
+
+class AdvanceRequest(BaseModel):
+    """`{"action": "advance", "run_id": ...}`, optionally with `max_steps`."""
+
+    model_config = ConfigDict(extra='forbid')
+
+    action: Literal['advance']
+    run_id: RunId
+    max_steps: int | None = Field(default=None, ge=1)
+
+
+Request = StartRequest | AdvanceRequest
+_REQUEST: TypeAdapter[Request] = TypeAdapter(Annotated[Request, Field(discriminator='action')])
+
+
+def parse_request(body: object) -> Request:
+    """The request in an event body, or `InvalidEventError` saying what is wrong with it."""
+    if isinstance(body, Mapping) and 'action' not in body:
+        raise InvalidEventError('invalid request: action: Field required (one of "start", "advance")')
+    try:
+        return _REQUEST.validate_python(body)
+    except pydantic.ValidationError as e:
+        raise InvalidEventError(f'invalid request: {_describe(e)}') from e
+
+
+class WorkerSettings(BaseSettings):
+    """Worker configuration from the environment, as the Terraform module sets it for the Lambda function."""
+
+    model_config = SettingsConfigDict(env_prefix='PYDANTIC_GRAPH_S3_')
+
+    bucket: str | None = None
+    """`PYDANTIC_GRAPH_S3_BUCKET`: the bucket holding the runs."""
+    prefix: str = ''
+    """`PYDANTIC_GRAPH_S3_PREFIX`: the key prefix of the runs."""
+    max_steps: int | None = Field(default=None, ge=1)
+    """`PYDANTIC_GRAPH_S3_MAX_STEPS`: most steps one `advance` runs (default: as many as time allows)."""
+
+
+class LambdaContext(Protocol):
+    """The part of the Lambda context object the handler uses."""
+
+    def get_remaining_time_in_millis(self) -> int: ...
+
+
+@dataclass
+class StepBudget:
+    """Decides whether there is time for another step before a deadline, from the step durations seen so far.
+
+    A step may only start when the time left exceeds `reserve + factor * longest`, where `longest` is the
+    longest of the last `window` steps this worker ran (warm invocations keep learning). The first step of a
+    call needs only `reserve + longest`: skipping it would not help, as the next invocation gets the same time,
+    while further steps get `factor` times the slack because step durations vary.
+    """
+
+    reserve: float = 1.0
+    """Seconds always kept back: for the writes and reply after the last step, and other SQS records."""
+    factor: float = 2.0
+    window: int = 32
+    _recent: deque[float] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.reserve < 0 or self.factor < 1 or self.window < 1:
+            raise ValueError('need reserve >= 0, factor >= 1 and window >= 1')
+        self._recent = deque(maxlen=self.window)
+
+    def observe(self, seconds: float) -> None:
+        self._recent.append(seconds)
+
+    @property
+    def longest(self) -> float:
+        return max(self._recent, default=0.0)
+
+    def margin(self, *, first: bool) -> float:
+        """Seconds that must be left to start a step."""
+        return self.reserve + (1.0 if first else self.factor) * self.longest
+
+    def allows(self, deadline: float | None, *, first: bool) -> bool:
+        return deadline is None or deadline - time.monotonic() > self.margin(first=first)
+
+
+class GraphWorker(Generic[StateT, DepsT, RunEndT]):
+    """Starts and advances runs of one graph stored in S3; `lambda_handler` serves it as an AWS Lambda function.
+
+    ```py
+    worker = GraphWorker(my_graph)  # bucket and prefix from PYDANTIC_GRAPH_S3_BUCKET / _PREFIX
+    handler = worker.lambda_handler
+    ```
+    """
+
+    def __init__(
+        self,
+        graph: Graph[StateT, DepsT, RunEndT],
+        *,
+        bucket: str | None = None,
+        prefix: str | None = None,
+        deps: DepsT = None,  # type: ignore[assignment]  # as pydantic-graph's own `deps: DepsT = None`
+        max_steps: int | None = None,
+        budget: StepBudget | None = None,
+        **persistence_options: Any,
+    ) -> None:
+        """`bucket`, `prefix` and `max_steps` default to the environment (`WorkerSettings`), read on first use.
+
+        `persistence_options` go to every `S3StatePersistence` (client, session, client_settings, retry, ...).
+        """
+        if max_steps is not None and max_steps < 1:
+            raise ValueError(f'max_steps must be at least 1, got {max_steps}')
+        self.graph = graph
+        self.deps = deps
+        self.budget = budget or StepBudget()
+        self.persistence_options = persistence_options
+        self._bucket = bucket
+        self._prefix = prefix
+        self._max_steps = max_steps
+        self._settings: WorkerSettings | None = None
+        self._nodes = {node.get_node_id(): node for node in graph.get_nodes()}
+        self._node_adapters: dict[str, TypeAdapter[Any]] = {}
+        self._state_adapter: TypeAdapter[StateT] = TypeAdapter(graph.inferred_types[0])
+
+    def persistence(self, run_id: str) -> S3StatePersistence[StateT, RunEndT]:
+        """A new persistence object for run `run_id`, with this graph's types set."""
+        settings = self._env()
+        bucket = self._bucket or settings.bucket
+        if not bucket:
+            raise ValueError('GraphWorker has no bucket: pass bucket= or set PYDANTIC_GRAPH_S3_BUCKET')
+        prefix = settings.prefix if self._prefix is None else self._prefix
+        persistence: S3StatePersistence[StateT, RunEndT] = S3StatePersistence.for_run(
+            run_id, bucket=bucket, prefix=prefix, **self.persistence_options
+        )
+        persistence.set_graph_types(self.graph)
+        return persistence
+
+    async def start(self, run_id: str, node: BaseNode[StateT, DepsT, RunEndT], state: StateT = None) -> StepResult:  # type: ignore[assignment]
+        """Create run `run_id` at `node` with `state`, as `Graph.initialize` does.
+
+        Idempotent: if the run exists it is left untouched (the write is create-only) and its status returned.
+        """
+        existing = await self.persistence(run_id).initialize_run(state, node)
+        if existing is None:
+            return StepResult(run_id=run_id, status='running', next_node=node.get_node_id())
+        return run_status(run_id, existing)
+
+    async def advance(self, run_id: str, *, max_steps: int | None = None, deadline: float | None = None) -> StepResult:
+        """Run the run's next steps, until it ends, `max_steps` ran, or there is no time for another step.
+
+        `deadline` is an absolute `time.monotonic()` time; a step is only started if `self.budget` says it will
+        end in time. Storage errors (`S3PersistenceError`) are raised, nothing is lost: the step is redone by the
+        next call. A node that raises makes the run `failed`; a step another worker holds makes this call `busy`.
+        """
+        limit = max_steps if max_steps is not None else self._max_steps or self._env().max_steps
+        if limit is not None and limit < 1:
+            raise ValueError(f'max_steps must be at least 1, got {limit}')
+        persistence = self.persistence(run_id)
+        if not self.budget.allows(deadline, first=True):
+            return run_status(run_id, await persistence.load_all())
+        started = time.monotonic()
+        entered = False
+        try:
+            async with self.graph.iter_from_persistence(persistence, deps=self.deps, infer_name=False) as run:
+                entered = True
+                return await self._run_steps(run, persistence, run_id, limit, deadline, started)
+        except GraphRuntimeError:
+            if entered:
+                raise
+            # Nothing to claim (`load_next` found no `created` snapshot): the history says why. A `created` one
+            # there now was written since by another worker, still advancing the run: that is `busy` too.
+            status = run_status(run_id, await persistence.load_all())
+            return status.model_copy(update={'status': 'busy'}) if status.status == 'running' else status
+
+    async def _run_steps(
+        self,
+        run: GraphRun[StateT, DepsT, RunEndT],
+        persistence: S3StatePersistence[StateT, RunEndT],
+        run_id: str,
+        limit: int | None,
+        deadline: float | None,
+        started: float,
+    ) -> StepResult:
+        steps = 0
+        while True:
+            try:
+                node = await run.next()
+            except S3PersistenceError:
+                raise
+            except Exception as e:
+                return await self._after_failed_step(e, persistence, run_id, steps)
+            now = time.monotonic()
+            self.budget.observe(now - started)
+            started = now
+            steps += 1
+            if isinstance(node, End):
+                return StepResult(run_id=run_id, status='done', steps=steps, output=node.data)
+            if (limit is not None and steps >= limit) or not self.budget.allows(deadline, first=False):
+                return StepResult(run_id=run_id, status='running', steps=steps, next_node=node.get_node_id())
+
+    async def _after_failed_step(
+        self, error: Exception, persistence: S3StatePersistence[StateT, RunEndT], run_id: str, steps: int
+    ) -> StepResult:
+        # Only S3 tells whether the node itself failed (its snapshot is recorded `error`) or another worker
+        # holds the step (`record_run` refused it); anything else is not a state of the run, so it is raised.
+        status = run_status(run_id, await persistence.load_all(), steps=steps)
+        if status.status == 'failed':
+            return status.model_copy(update={'error': f'{type(error).__name__}: {error}'})
+        if isinstance(error, GraphNodeStatusError):
+            return status.model_copy(update={'status': 'busy'})
+        raise error
+
+    def lambda_handler(self, event: Mapping[str, Any], context: LambdaContext | None) -> dict[str, Any]:
+        """The AWS Lambda entry point: `handler = worker.lambda_handler`.
+
+        Runs on the process's one event loop (`event_loop()`), so warm invocations reuse the S3 client. The
+        deadline is the invocation's remaining time. See `handle` for the events and what is raised.
+        """
+        deadline = None
+        if context is not None:
+            deadline = time.monotonic() + context.get_remaining_time_in_millis() / 1000
+        return event_loop().run(self.handle(event, deadline=deadline))
+
+    async def handle(self, event: Mapping[str, Any], *, deadline: float | None = None) -> dict[str, Any]:
+        """Answer one Lambda event.
+
+        - A direct or Step Functions event is a request (`StartRequest`, `AdvanceRequest`); the answer is the
+          `StepResult` as a dict. An invalid request raises `InvalidEventError` before anything is read or
+          written; a storage error raises too, so that Lambda and Step Functions retry it.
+        - An EventBridge event carries the request in `detail`, and is answered the same way.
+        - An SQS event is a batch of requests, one per record body, run concurrently; the answer is
+          `{"batchItemFailures": [...]}` naming the records to deliver again (see `_sqs_record`).
+        """
+        if not isinstance(event, Mapping):
+            raise InvalidEventError(f'invalid event: expected a JSON object, got {type(event).__name__}')
+        if 'Records' in event:
+            return {'batchItemFailures': await self._sqs_batch(event['Records'], deadline)}
+        body = event['detail'] if 'detail-type' in event and 'detail' in event else event
+        result = await self.dispatch(parse_request(body), deadline=deadline)
+        return result.model_dump(mode='json')
+
+    async def dispatch(self, request: Request, *, deadline: float | None = None) -> StepResult:
+        """Carry out one parsed request."""
+        if isinstance(request, StartRequest):
+            node, state = self._start_arguments(request)
+            return await self.start(request.run_id, node, state)
+        return await self.advance(request.run_id, max_steps=request.max_steps, deadline=deadline)
+
+    async def _sqs_batch(self, records: object, deadline: float | None) -> list[dict[str, str]]:
+        if not isinstance(records, list) or not all(_is_sqs_record(r) for r in records):
+            raise InvalidEventError('invalid event: only SQS records are supported (eventSource "aws:sqs")')
+        done = await asyncio.gather(*(self._sqs_record(record, deadline) for record in records))
+        return [{'itemIdentifier': r['messageId']} for r, ok in zip(records, done, strict=True) if not ok]
+
+    async def _sqs_record(self, record: Mapping[str, Any], deadline: float | None) -> bool:
+        """Whether SQS may delete the record.
+
+        It may not when the record failed (an invalid body, so it ends in the dead-letter queue; a storage
+        error, so it is retried) or when its run is still `running` when time ran out: SQS delivering it
+        again is what keeps an SQS-driven run going. `busy`, `done` and `failed` records are finished with:
+        another worker has the run, or nothing more will happen to it.
+        """
+        try:
+            request = parse_request(json.loads(record['body']))
+            result = await self.dispatch(request, deadline=deadline)
+        except Exception:
+            logger.exception('SQS message %s failed', record['messageId'])
+            return False
+        if isinstance(request, AdvanceRequest) and result.status == 'running':
+            message = 'run %s is still running after %d steps: message %s goes back to the queue'
+            logger.info(message, result.run_id, result.steps, record['messageId'])
+            return False
+        return True
+
+    def _start_arguments(self, request: StartRequest) -> tuple[BaseNode[StateT, DepsT, RunEndT], StateT]:
+        node_id = request.node.get('node_id')
+        node_class = self._nodes.get(node_id) if isinstance(node_id, str) else None
+        if node_class is None:
+            known = ', '.join(sorted(self._nodes))
+            raise InvalidEventError(f'invalid request: node: node_id {node_id!r} is not a node of this graph ({known})')
+        fields = {k: v for k, v in request.node.items() if k != 'node_id'}
+        declared: Any = node_class  # typeshed's is_dataclass guard knows no BaseNode subclass is a dataclass
+        if dataclasses.is_dataclass(declared):
+            # A typo in a field name would otherwise be dropped silently and the field take its default.
+            unknown = ', '.join(sorted(set(fields) - {f.name for f in dataclasses.fields(declared) if f.init}))
+            if unknown:
+                raise InvalidEventError(f'invalid request: node: {node_id} has no field(s) {unknown}')
+        try:
+            node = self._node_adapter(node_class).validate_python(fields)
+        except pydantic.ValidationError as e:
+            raise InvalidEventError(f'invalid request: node: {_describe(e)}') from e
+        try:
+            state = self._state_adapter.validate_python(request.state)
+        except pydantic.ValidationError as e:
+            raise InvalidEventError(f'invalid request: state: {_describe(e)}') from e
+        return node, state
+
+    def _node_adapter(self, node_class: type[BaseNode[StateT, DepsT, RunEndT]]) -> TypeAdapter[Any]:
+        node_id = node_class.get_node_id()
+        if node_id not in self._node_adapters:
+            self._node_adapters[node_id] = TypeAdapter(node_class)
+        return self._node_adapters[node_id]
+
+    def _env(self) -> WorkerSettings:
+        if self._settings is None:
+            self._settings = WorkerSettings()
+        return self._settings
+
+
+def run_status(run_id: str, history: Sequence[Snapshot[Any, Any]], *, steps: int = 0) -> StepResult:
+    """Where a run stands according to its snapshots: the last one is the run's current step or its end."""
+    if not history:
+        raise RunNotFoundError(f'run {run_id!r} does not exist: start it first (action "start")')
+    last = history[-1]
+    if isinstance(last, EndSnapshot):
+        return StepResult(run_id=run_id, status='done', steps=steps, output=last.result.data)
+    node_id = last.node.get_node_id()
+    if last.status == 'created':
+        return StepResult(run_id=run_id, status='running', steps=steps, next_node=node_id)
+    if last.status == 'error':
+        return StepResult(
+            run_id=run_id, status='failed', steps=steps, error=f'node {node_id} failed (snapshot {last.id})'
+        )
+    # pending or running: another worker claimed it; success: its worker is writing the successor.
+    return StepResult(run_id=run_id, status='busy', steps=steps, next_node=node_id)
+
+
+def _is_sqs_record(record: object) -> bool:
+    return isinstance(record, Mapping) and record.get('eventSource') == 'aws:sqs' and 'messageId' in record
+
+
+def _describe(error: pydantic.ValidationError) -> str:
+    parts = []
+    for item in error.errors(include_url=False):
+        where = '.'.join(str(part) for part in item['loc'])
+        parts.append(f'{where}: {item["msg"]}' if where else item['msg'])
+    return '; '.join(parts)
+
+
+_runner: asyncio.Runner | None = None
+
+
+def event_loop() -> asyncio.Runner:
+    """The process's one event loop, kept across warm Lambda invocations.
+
+    `asyncio.run` per invocation would close the loop, and with it the shared S3 client, whose creation costs
+    about 100 ms of CPU; on one kept loop the client is created once per container.
+    """
+    global _runner
+    if _runner is None:
+        _runner = asyncio.Runner()
+    return _runner
+
+
+@atexit.register
+def close_event_loop() -> None:
+    """Close the event loop of `event_loop()` and the S3 clients on it; the next call opens a new one."""
+    global _runner
+    runner, _runner = _runner, None
+    if runner is not None:
+        runner.close()
