@@ -89,8 +89,8 @@ def decode_snapshot_list(body: bytes, graph: Graph[Any, Any, Any]) -> list[Snaps
 
     Raises `ValueError` when `body` is not a snapshot list of this graph (as `CorruptObjectError` says).
     """
-    state_type, run_end_type = graph.inferred_types
-    return _snapshot_list_codec(state_type, run_end_type, tuple(graph.get_nodes())).decode(body)
+    types: tuple[Any, ...] = (*graph.inferred_types, tuple(graph.get_nodes()))
+    return _snapshot_list_codec(*types).decode(body)
 
 
 @dataclass(frozen=True)
