@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 import aioboto3
 import pydantic
 import pydantic_core
-from pydantic_graph import BaseNode, End, Graph
+from pydantic_graph import BaseNode, End
 from pydantic_graph.exceptions import GraphNodeStatusError
+from pydantic_graph.graph import Graph
 from pydantic_graph.persistence import (
     BaseStatePersistence,
     EndSnapshot,

@@ -20,7 +20,7 @@ import aioboto3
 import anyio
 import anyio.to_thread
 import pydantic_core
-from pydantic_graph import Graph
+from pydantic_graph.graph import Graph
 from pydantic_graph.persistence import EndSnapshot, NodeSnapshot, Snapshot
 
 from .persistence import S3StatePersistence, decode_snapshot_list, run_object_key, validate_run_id
