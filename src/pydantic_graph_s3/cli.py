@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from enum import IntEnum
 from pathlib import Path
@@ -161,6 +162,8 @@ def show(
     store = _store(bucket, prefix)
     decoded_with = _load_graph(graph)
     history = _run(lambda: store.history(run_id, decoded_with))
+    if graph is not None:
+        history = replace(history, decoded_with=graph)
     if as_json:
         _print_json(_history_json(history))
         return

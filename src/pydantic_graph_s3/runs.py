@@ -141,6 +141,8 @@ class RunStore:
     max_object_bytes: int | None = 64 * 1024 * 1024
     read_concurrency: int = 16
     """How many runs a decoding listing reads at once."""
+    page_size: int = 1000
+    """Keys per listing request (S3 returns at most 1000)."""
     stats: CasStats = field(default_factory=CasStats)
 
     def __post_init__(self) -> None:
@@ -169,7 +171,9 @@ class RunStore:
         With `decode`, each run is also read (one GET, `read_concurrency` at once) to count its snapshots and
         tell its last status; a run that does not decode is still yielded, with `problem` saying why.
         """
-        async for page in list_objects(self._client, self.bucket, self.prefix, retry=self.retry, stats=self.stats):
+        async for page in list_objects(
+            self._client, self.bucket, self.prefix, retry=self.retry, stats=self.stats, page_size=self.page_size
+        ):
             infos = [(run_id, info) for info in page if (run_id := self._run_id_of(info.key)) is not None]
             if not decode:
                 for run_id, info in infos:
