@@ -2,13 +2,15 @@
 
 from __future__ import annotations as _annotations
 
+import json
 import logging
+import sys
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import pytest
 from botocore.exceptions import ClientError
-from logfire.testing import CaptureLogfire
 from pydantic_graph import BaseNode, End, GraphRunContext
 from pydantic_graph.graph import Graph
 
@@ -21,13 +23,40 @@ from .conftest import S3Bucket
 pytestmark = pytest.mark.anyio
 
 
-async def test_one_span_per_persistence_call_and_per_s3_request(s3: S3Bucket, capfire: CaptureLogfire) -> None:
-    persistence = s3.persistence('traced')
-    await count_down_graph.run(CountDown(), state=CountDownState(1), persistence=persistence)
+# logfire's configuration is process-wide and cannot be undone, and a configured logfire slows every later test
+# (FileStatePersistence's 1-second lock then times out), so the spans are captured in a process of their own.
+SPAN_CAPTURE = """
+import asyncio, json, sys
+import aioboto3, logfire
+from logfire.testing import TestExporter
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from pydantic_graph_s3 import ClientSettings, S3StatePersistence
+from pydantic_graph_s3.examples.count_down import CountDown, CountDownState, count_down_graph
 
-    spans = capfire.exporter.exported_spans_as_dict()
-    calls = [span['attributes'] for span in spans if span['attributes'].get('method')]
-    requests = [span['attributes'] for span in spans if span['attributes'].get('operation')]
+exporter = TestExporter()
+logfire.configure(send_to_logfire=False, console=False, additional_span_processors=[SimpleSpanProcessor(exporter)])
+session = aioboto3.Session(aws_access_key_id='testing', aws_secret_access_key='testing', region_name='us-east-1')
+
+async def run(endpoint, bucket):
+    persistence = S3StatePersistence.for_run(
+        'traced', bucket=bucket, prefix='runs/', session=session, client_settings=ClientSettings(endpoint_url=endpoint)
+    )
+    await count_down_graph.run(CountDown(), state=CountDownState(1), persistence=persistence)
+    return persistence.stats.requests
+
+requests = asyncio.run(run(*sys.argv[1:3]))
+spans = [span['attributes'] for span in exporter.exported_spans_as_dict()]
+print(json.dumps({'requests': requests, 'spans': spans}, default=str))
+"""
+
+
+async def test_one_span_per_persistence_call_and_per_s3_request(s3: S3Bucket) -> None:
+    done = await anyio.run_process([sys.executable, '-c', SPAN_CAPTURE, s3.endpoint.url, s3.bucket], check=False)
+    assert done.returncode == 0, done.stderr.decode()
+    captured = json.loads(done.stdout)
+
+    calls = [span for span in captured['spans'] if span.get('method')]
+    requests = [span for span in captured['spans'] if span.get('operation')]
     assert [call['method'] for call in calls].count('record_run') == 2
     assert {call['run_id'] for call in calls} == {'traced'}
     assert all(call['outcome'] == 'ok' for call in calls)
@@ -39,7 +68,7 @@ async def test_one_span_per_persistence_call_and_per_s3_request(s3: S3Bucket, ca
         assert (request['bucket'], request['key'], request['run_id']) == (s3.bucket, 'runs/traced.json', 'traced')
         assert (request['outcome'], request['attempt']) == ('ok', 1)
         assert request['etag'].startswith('"')
-    assert persistence.stats.requests == len(requests)
+    assert captured['requests'] == len(requests)
 
 
 @dataclass(eq=False)
