@@ -61,6 +61,7 @@ class Result:
     step_times: list[float]
     requests: Counter[str] = field(default_factory=Counter)
     uploaded: int = 0
+    stats: dict[str, int] = field(default_factory=dict)
 
     @property
     def steps(self) -> int:
@@ -94,7 +95,8 @@ async def s3_in_process(traffic: Traffic, run_id: str, steps: int) -> Result:
             return isinstance(await run.next(), End)
 
         times = await timed_steps(steps, step)
-    return Result('S3, Graph.run in one process', times, Counter(traffic.requests), traffic.uploaded)
+    stats = persistence.stats.as_dict()
+    return Result('S3, Graph.run in one process', times, Counter(traffic.requests), traffic.uploaded, stats)
 
 
 async def s3_fresh_instances(traffic: Traffic, run_id: str, steps: int) -> Result:
@@ -218,6 +220,7 @@ async def benchmark(steps: int, repeat: int) -> None:
         f'request targets: Graph.run <= 3/step: {_verdict(in_process, 3)}; '
         f'fresh instance <= 5/step: {_verdict(fresh, 5)}'
     )
+    print(f'persistence.stats after the last Graph.run (whole run, create included): {in_process.stats}')
 
 
 def _verdict(result: Result, target: int) -> str:

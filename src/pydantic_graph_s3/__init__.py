@@ -1,6 +1,7 @@
 """pydantic-graph 1.x state persistence in Amazon S3, with compare-and-swap writes instead of lock files."""
 
-from .persistence import S3StatePersistence, run_object_key, validate_run_id
+from .persistence import S3StatePersistence, decode_snapshot_list, run_object_key, validate_run_id
+from .runs import PruneOutcome, RunHistory, RunStore, RunSummary, SnapshotRow
 from .storage import (
     AccessDeniedError,
     BucketNotFoundError,
@@ -9,6 +10,9 @@ from .storage import (
     CorruptObjectError,
     CredentialsError,
     EndpointUnreachableError,
+    ObjectChangedError,
+    ObjectExistsError,
+    ObjectNotFoundError,
     ObjectTooLargeError,
     RetriesExhaustedError,
     RetryPolicy,
@@ -19,6 +23,12 @@ __all__ = (
     'S3StatePersistence',
     'run_object_key',
     'validate_run_id',
+    'decode_snapshot_list',
+    'RunStore',
+    'RunSummary',
+    'RunHistory',
+    'SnapshotRow',
+    'PruneOutcome',
     'RetryPolicy',
     'ClientSettings',
     'CasStats',
@@ -29,5 +39,8 @@ __all__ = (
     'CredentialsError',
     'EndpointUnreachableError',
     'ObjectTooLargeError',
+    'ObjectNotFoundError',
+    'ObjectExistsError',
+    'ObjectChangedError',
     'RetriesExhaustedError',
 )

@@ -10,11 +10,12 @@ from __future__ import annotations as _annotations
 import copy
 import functools
 import re
-from collections.abc import AsyncGenerator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
+from pathlib import PurePosixPath
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
@@ -23,6 +24,7 @@ import pydantic
 import pydantic_core
 from pydantic_graph import BaseNode, End
 from pydantic_graph.exceptions import GraphNodeStatusError
+from pydantic_graph.graph import Graph
 from pydantic_graph.persistence import (
     BaseStatePersistence,
     EndSnapshot,
@@ -36,11 +38,12 @@ from pydantic_graph.persistence import (
 from pydantic_graph.persistence._utils import nodes_type_context, set_nodes_type_context
 
 from .storage import CasObject, CasStats, Change, ClientSettings, RetryPolicy, shared_client
+from .storage.telemetry import logger, span
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
 
-__all__ = ('S3StatePersistence', 'run_object_key', 'validate_run_id')
+__all__ = ('S3StatePersistence', 'run_object_key', 'validate_run_id', 'decode_snapshot_list')
 
 R = TypeVar('R')
 S = TypeVar('S')
@@ -80,6 +83,15 @@ def _snapshot_list_codec(
     with set_nodes_type_context(node_types):
         adapter = build_snapshot_list_type_adapter(state_type, run_end_type)
     return _SnapshotListCodec(adapter, frozenset(node.get_node_id() for node in node_types))
+
+
+def decode_snapshot_list(body: bytes, graph: Graph[Any, Any, Any]) -> list[Snapshot[Any, Any]]:
+    """What `load_all` returns for a run stored as `body`, decoded with `graph`'s types.
+
+    Raises `ValueError` when `body` is not a snapshot list of this graph (as `CorruptObjectError` says).
+    """
+    types: tuple[Any, ...] = (*graph.inferred_types, tuple(graph.get_nodes()))
+    return _snapshot_list_codec(*types).decode(body)
 
 
 @dataclass(frozen=True)
@@ -171,19 +183,26 @@ class S3StatePersistence(BaseStatePersistence[StateT, RunEndT]):
         return f's3://{self.bucket}/{self.key}'
 
     @property
+    def run_id(self) -> str:
+        """The run id this object's key names (`{prefix}{run_id}.json`), as log records and spans show it."""
+        return PurePosixPath(self.key).name.removesuffix('.json')
+
+    @property
     def stats(self) -> CasStats:
         """Requests, conflicts, retries and bytes this instance has cost so far."""
         return self._cas().stats
 
     async def snapshot_node(self, state: StateT, next_node: BaseNode[StateT, Any, RunEndT]) -> None:
         snapshot = _detached(NodeSnapshot(state=state, node=next_node))
-        await self._update(partial(_append_if_new, snapshot.id, snapshot))
+        with self._traced('snapshot_node', snapshot.id):
+            await self._update(partial(_append_if_new, snapshot.id, snapshot))
 
     async def snapshot_node_if_new(
         self, snapshot_id: str, state: StateT, next_node: BaseNode[StateT, Any, RunEndT]
     ) -> None:
         snapshot = _detached(NodeSnapshot(state=state, node=next_node))
-        await self._update(partial(_append_if_new, snapshot_id, snapshot))
+        with self._traced('snapshot_node_if_new', snapshot_id):
+            await self._update(partial(_append_if_new, snapshot_id, snapshot))
 
     async def initialize_run(
         self, state: StateT, node: BaseNode[StateT, Any, RunEndT]
@@ -199,25 +218,31 @@ class S3StatePersistence(BaseStatePersistence[StateT, RunEndT]):
 
     async def snapshot_end(self, state: StateT, end: End[RunEndT]) -> None:
         snapshot = _detached(EndSnapshot(state=state, result=end))
-        await self._update(partial(_append_if_new, snapshot.id, snapshot))
+        with self._traced('snapshot_end', snapshot.id):
+            await self._update(partial(_append_if_new, snapshot.id, snapshot))
 
     @asynccontextmanager
     async def record_run(self, snapshot_id: str) -> AsyncGenerator[None]:
-        await self._update(partial(_start_run, snapshot_id, datetime.now(tz=UTC)))
-        start = perf_counter()
-        try:
-            yield
-        except Exception:
-            await self._update(partial(_finish_run, snapshot_id, perf_counter() - start, 'error'))
-            raise
-        else:
-            await self._update(partial(_finish_run, snapshot_id, perf_counter() - start, 'success'))
+        # One span around the node's execution too, so that the node's own spans nest under it.
+        with self._traced('record_run', snapshot_id):
+            await self._update(partial(_start_run, snapshot_id, datetime.now(tz=UTC)))
+            logger.info('run %s: snapshot %s running', self.run_id, snapshot_id, extra={'run_id': self.run_id})
+            start = perf_counter()
+            try:
+                yield
+            except Exception:
+                await self._finish(snapshot_id, perf_counter() - start, 'error')
+                raise
+            else:
+                await self._finish(snapshot_id, perf_counter() - start, 'success')
 
     async def load_next(self) -> NodeSnapshot[StateT, RunEndT] | None:
-        return await self._update(_claim_next_created)
+        with self._traced('load_next'):
+            return await self._update(_claim_next_created)
 
     async def load_all(self) -> list[Snapshot[StateT, RunEndT]]:
-        return await self._cas().load()
+        with self._traced('load_all'):
+            return await self._cas().load()
 
     def should_set_types(self) -> bool:
         """Whether types need to be set."""
@@ -227,6 +252,25 @@ class S3StatePersistence(BaseStatePersistence[StateT, RunEndT]):
         types: tuple[Any, ...] = (state_type, run_end_type, tuple(nodes_type_context.get(())))
         self._codec = _snapshot_list_codec(*types)
         self._object = None
+
+    async def _finish(self, snapshot_id: str, duration: float, status: SnapshotStatus) -> None:
+        await self._update(partial(_finish_run, snapshot_id, duration, status))
+        logger.info('run %s: snapshot %s %s', self.run_id, snapshot_id, status, extra={'run_id': self.run_id})
+
+    @contextmanager
+    def _traced(self, method: str, snapshot_id: str | None = None) -> Iterator[None]:
+        """One span and one DEBUG record per persistence call, with its outcome."""
+        attributes = {'bucket': self.bucket, 'key': self.key, 'run_id': self.run_id, 'snapshot_id': snapshot_id or ''}
+        with span('persistence {method} {run_id}', method=method, **attributes) as call_span:
+            outcome = 'ok'
+            try:
+                yield
+            except BaseException as e:
+                outcome = f'error: {type(e).__name__}'
+                raise
+            finally:
+                call_span.set_attribute('outcome', outcome)
+                logger.debug('run %s: %s %s', self.run_id, method, outcome, extra={'run_id': self.run_id})
 
     async def _update(self, change: Callable[[Snapshots[StateT, RunEndT]], Change[Snapshots[StateT, RunEndT], R]]) -> R:
         return await self._cas().update(change)
@@ -245,6 +289,7 @@ class S3StatePersistence(BaseStatePersistence[StateT, RunEndT]):
                 client=self._client,
                 retry=self.retry,
                 max_object_bytes=self.max_object_bytes,
+                labels={'run_id': self.run_id},
             )
         return self._object
 

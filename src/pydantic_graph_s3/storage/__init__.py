@@ -1,6 +1,6 @@
 """Storage layer: S3 objects updated by compare-and-swap. Knows nothing about pydantic-graph."""
 
-from .cas import CasObject, CasStats, Change, Codec, RetryPolicy
+from .cas import CasObject, CasStats, Change, Codec, ObjectInfo, RetryPolicy, list_objects
 from .client import ClientSettings, default_session, shared_client
 from .errors import (
     AccessDeniedError,
@@ -8,6 +8,9 @@ from .errors import (
     CorruptObjectError,
     CredentialsError,
     EndpointUnreachableError,
+    ObjectChangedError,
+    ObjectExistsError,
+    ObjectNotFoundError,
     ObjectTooLargeError,
     RetriesExhaustedError,
     S3PersistenceError,
@@ -19,6 +22,8 @@ __all__ = (
     'Change',
     'Codec',
     'RetryPolicy',
+    'ObjectInfo',
+    'list_objects',
     'ClientSettings',
     'default_session',
     'shared_client',
@@ -29,5 +34,8 @@ __all__ = (
     'CredentialsError',
     'EndpointUnreachableError',
     'ObjectTooLargeError',
+    'ObjectNotFoundError',
+    'ObjectExistsError',
+    'ObjectChangedError',
     'RetriesExhaustedError',
 )
