@@ -35,7 +35,8 @@ from pydantic_graph_s3.examples.count_down import CountDown, CountDownState, cou
 
 exporter = TestExporter()
 logfire.configure(send_to_logfire=False, console=False, additional_span_processors=[SimpleSpanProcessor(exporter)])
-session = aioboto3.Session(aws_access_key_id='testing', aws_secret_access_key='testing', region_name='us-east-1')
+endpoint, bucket, access_key, secret_key = sys.argv[1:5]
+session = aioboto3.Session(aws_access_key_id=access_key, aws_secret_access_key=secret_key, region_name='us-east-1')
 
 async def run(endpoint, bucket):
     persistence = S3StatePersistence.for_run(
@@ -44,14 +45,15 @@ async def run(endpoint, bucket):
     await count_down_graph.run(CountDown(), state=CountDownState(1), persistence=persistence)
     return persistence.stats.requests
 
-requests = asyncio.run(run(*sys.argv[1:3]))
+requests = asyncio.run(run(endpoint, bucket))
 spans = [span['attributes'] for span in exporter.exported_spans_as_dict()]
 print(json.dumps({'requests': requests, 'spans': spans}, default=str))
 """
 
 
 async def test_one_span_per_persistence_call_and_per_s3_request(s3: S3Bucket) -> None:
-    done = await anyio.run_process([sys.executable, '-c', SPAN_CAPTURE, s3.endpoint.url, s3.bucket], check=False)
+    arguments = [s3.endpoint.url, s3.bucket, s3.endpoint.access_key, s3.endpoint.secret_key]
+    done = await anyio.run_process([sys.executable, '-c', SPAN_CAPTURE, *arguments], check=False)
     assert done.returncode == 0, done.stderr.decode()
     captured = json.loads(done.stdout)
 

@@ -136,6 +136,11 @@ def _weed_mini(
         '-admin.ui=false',
         '-master.telemetry=false',
         '-volume.preStopSeconds=0',
+        # Every bucket is a collection with volumes of its own, and the default count comes from the free disk
+        # space (77 on a test machine, gone after a few dozen buckets): many small volumes, allocated lazily.
+        '-volume.max=4000',
+        '-master.volumeSizeLimitMB=16',
+        '-master.volumePreallocate=false',
     ]
     # Credentials in the environment would add a second identity (`weed mini` reads AWS_ACCESS_KEY_ID).
     env = {k: v for k, v in os.environ.items() if not k.startswith('AWS_')}

@@ -456,6 +456,7 @@ class CasObject(Generic[T]):
             s3 = await self._s3()
             self.stats.deletes += 1
             self._version = None
+            refused: ClientError | BotoCoreError | None = None
             with self._scope.request('DeleteObject', number, etag) as request:
                 try:
                     await s3.delete_object(Bucket=self.bucket, Key=self.key, IfMatch=etag)
@@ -464,12 +465,17 @@ class CasObject(Generic[T]):
                     if code in {'NoSuchKey', '404'}:
                         request.outcome = 'missing'
                         return False
-                    if code in {'PreconditionFailed', '412'}:
-                        request.outcome = 'conflict'
-                        self.stats.conflicts += 1
-                        raise ObjectChangedError(self.bucket, self.key, etag, 'DeleteObject') from e
-                    raise self._scope.classify(e, 'DeleteObject') from e
+                    if code not in {'PreconditionFailed', '412'}:
+                        raise self._scope.classify(e, 'DeleteObject') from e
+                    request.outcome = 'conflict'
+                    refused = e
+            if refused is None:
                 return True
+            # 412 is "changed since read" on AWS and moto, but SeaweedFS also answers it for a key that is gone.
+            if await self._get(number) is None:
+                return False
+            self.stats.conflicts += 1
+            raise ObjectChangedError(self.bucket, self.key, etag, 'DeleteObject') from refused
 
         return await self._scope.with_retries(attempt)
 
