@@ -233,6 +233,19 @@ class CasObject(Generic[T]):
 
         return await self._with_retries(attempt)
 
+    async def delete(self) -> None:
+        """Delete the object, unconditionally: for probes and clean-up, never part of a compare-and-swap."""
+
+        async def attempt() -> None:
+            client = await self._s3()
+            self._version = None
+            try:
+                await client.delete_object(Bucket=self.bucket, Key=self.key)
+            except (ClientError, BotoCoreError) as e:
+                raise self._classify(e, 'DeleteObject', from_cache=False) from e
+
+        await self._with_retries(attempt)
+
     def forget_cache(self) -> None:
         """Drop the cached version, so the next update starts with a GET."""
         self._version = None

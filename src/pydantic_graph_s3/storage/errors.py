@@ -11,6 +11,7 @@ __all__ = (
     'BucketNotFoundError',
     'AccessDeniedError',
     'CredentialsError',
+    'ConditionalWritesUnsupportedError',
     'EndpointUnreachableError',
     'CorruptObjectError',
     'ObjectTooLargeError',
@@ -125,4 +126,19 @@ class RetriesExhaustedError(S3PersistenceError):
             key,
             f'gave up after {attempts} attempt(s) in {elapsed:.1f}s; last error: {last_error}. Too many writers '
             'are contending for this run, or S3 is throttling: retry later, or raise max_attempts/max_elapsed.',
+        )
+
+
+class ConditionalWritesUnsupportedError(S3PersistenceError):
+    """The endpoint accepted a conditional write that must have failed: it ignores `If-Match`/`If-None-Match`."""
+
+    def __init__(self, bucket: str, key: str, endpoint: str, header: str) -> None:
+        self.endpoint = endpoint
+        self.header = header
+        super().__init__(
+            bucket,
+            key,
+            f'endpoint {endpoint} ignores {header} on PutObject (a write that had to be refused succeeded), so '
+            'compare-and-swap is impossible there: concurrent workers would overwrite each other and fork runs. '
+            'Use a store that honours If-Match and If-None-Match (AWS S3, SeaweedFS, a recent MinIO).',
         )
