@@ -340,9 +340,9 @@ class S3StatePersistence(BaseStatePersistence[StateT, RunEndT]):
     async def load_all(self) -> list[Snapshot[StateT, RunEndT]]:
         return (await self._cas().load()).snapshots
 
-    async def load_claims(self) -> Mapping[str, Claim]:
-        """The claims of the run's node snapshots, by snapshot id (empty unless written with `reclaim_after`)."""
-        return (await self._cas().load()).claims
+    async def load_record(self) -> RunRecord:
+        """The snapshots and the claims of the run (claims are only written with `reclaim_after`), in one read."""
+        return await self._cas().load()
 
     def should_set_types(self) -> bool:
         """Whether types need to be set."""
@@ -403,7 +403,9 @@ class S3StatePersistence(BaseStatePersistence[StateT, RunEndT]):
         try:
             return await self._cas().update(change)
         except _Fenced as e:
-            raise ClaimLostError(self.bucket, self.key, e.snapshot_id, e.detail) from None
+            fenced = e
+        # Raised outside the except clause, so that its context is the caller's: the node's error being recorded.
+        raise ClaimLostError(self.bucket, self.key, fenced.snapshot_id, fenced.detail)
 
     def _cas(self) -> CasObject[RunRecord]:
         if self._object is None:
