@@ -29,6 +29,7 @@ from __future__ import annotations as _annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import random
 import signal
@@ -232,6 +233,8 @@ class Figures:
 
 
 def drive(options: Options) -> Figures:
+    # The proxy logs every connection a SIGKILLed worker left half-open: expected here, and noise.
+    logging.getLogger('aiohttp.server').setLevel(logging.CRITICAL)
     random.seed(options.seed)
     run_ids = [f'run-{i:03d}' for i in range(options.runs)]
     figures = Figures(runs=options.runs)

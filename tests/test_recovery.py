@@ -128,12 +128,18 @@ async def test_graph_run_writes_each_success_with_its_successor(s3: S3Bucket) ->
 
 async def test_fresh_instance_per_step_with_claims(s3: S3Bucket) -> None:
     await count_down_graph.initialize(CountDown(), state=CountDownState(2), persistence=worker(s3, 'steps'))
+    costs = []
     while True:
-        async with count_down_graph.iter_from_persistence(worker(s3, 'steps')) as run:
-            if isinstance(await run.next(), End):
-                break
+        persistence = worker(s3, 'steps')
+        async with count_down_graph.iter_from_persistence(persistence) as run:
+            end = isinstance(await run.next(), End)
+        costs.append((persistence.stats.gets, persistence.stats.puts))
+        if end:
+            break
     history = await worker(s3, 'steps').load_all()
     assert [s.state.counter for s in history] == [2, 1, 0, 0]
+    # A read, then the claim, the start, and the success with its successor.
+    assert costs == [(1, 3)] * 3
 
 
 async def test_claims_keep_the_object_loadable_by_file_persistence(s3: S3Bucket, tmp_path: Path) -> None:
