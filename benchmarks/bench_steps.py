@@ -61,6 +61,7 @@ class Result:
     step_times: list[float]
     requests: Counter[str] = field(default_factory=Counter)
     uploaded: int = 0
+    stats: dict[str, int] = field(default_factory=dict)
 
     @property
     def steps(self) -> int:
@@ -94,7 +95,8 @@ async def s3_in_process(traffic: Traffic, run_id: str, steps: int) -> Result:
             return isinstance(await run.next(), End)
 
         times = await timed_steps(steps, step)
-    return Result('S3, Graph.run in one process', times, Counter(traffic.requests), traffic.uploaded)
+    stats = persistence.stats.as_dict()
+    return Result('S3, Graph.run in one process', times, Counter(traffic.requests), traffic.uploaded, stats)
 
 
 async def s3_fresh_instances(traffic: Traffic, run_id: str, steps: int) -> Result:
@@ -135,11 +137,14 @@ async def file_fresh_instances(path: Path, steps: int) -> Result:
 
 
 async def bare_requests(body_size: int, count: int) -> tuple[float, float]:
-    """Median seconds of one bare conditional PUT and one bare GET of `body_size` bytes: the floor."""
+    """Median seconds of one bare conditional PUT and one bare GET of `body_size` bytes: the floor.
+
+    The same client and connection pool as the persistence uses, so only what the library adds is measured.
+    """
     client = await shared_client()
     body = b'x' * body_size
     key = f'floor-{body_size}'
-    etag = (await client.put_object(Bucket=BUCKET, Key=key, Body=body, IfNoneMatch='*'))['ETag']
+    etag = (await client.put_object(Bucket=BUCKET, Key=key, Body=body))['ETag']
     puts, gets = [], []
     for _ in range(count):
         started = time.perf_counter()
@@ -159,9 +164,19 @@ async def benchmark(steps: int, repeat: int) -> None:
     traffic = Traffic()
     client.meta.events.register('before-send.s3', traffic)
 
+    # A warm-up run, not counted, tells the size of the bodies the floor must send.
+    warm_up = await s3_fresh_instances(traffic, 'warm-up', steps)
+    body_size = warm_up.uploaded // max(warm_up.requests['PUT'], 1)
+
     results: dict[str, list[Result]] = {}
+    ratios: dict[str, list[float]] = {}
+    floors: list[tuple[float, float]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for round_ in range(repeat):
+            # The floor is measured in every round, right beside what it is compared with: on a shared machine
+            # the load changes between rounds, and a ratio is only fair within one.
+            bare_put, bare_get = await bare_requests(body_size, count=steps)
+            floors.append((bare_put, bare_get))
             for result in (
                 await s3_in_process(traffic, f'in-process-{round_}', steps),
                 await s3_fresh_instances(traffic, f'fresh-{round_}', steps),
@@ -169,16 +184,20 @@ async def benchmark(steps: int, repeat: int) -> None:
                 await file_fresh_instances(Path(tmp) / f'fresh-{round_}.json', steps),
             ):
                 results.setdefault(result.name, []).append(result)
+                gets, puts = result.requests['GET'] / result.steps, result.requests['PUT'] / result.steps
+                floor = round(puts) * bare_put + round(gets) * bare_get
+                if floor:
+                    ratios.setdefault(result.name, []).append(statistics.median(result.step_times) / floor)
+                if result.name == 'S3, one fresh instance per step':
+                    ratios.setdefault('writes only', []).append(
+                        statistics.median(result.step_times) / (round(puts) * bare_put)
+                    )
 
-    in_process, fresh = results['S3, Graph.run in one process'][-1], results['S3, one fresh instance per step'][-1]
-    mean_body = fresh.uploaded // max(fresh.requests['PUT'], 1)
-    bare_put, bare_get = await bare_requests(mean_body, count=steps * repeat)
-
+    bare_put = statistics.median(f[0] for f in floors)
+    bare_get = statistics.median(f[1] for f in floors)
     print(f'count-down of {steps} steps, {repeat} rounds, embedded S3 at {os.environ["AWS_ENDPOINT_URL_S3"]}')
-    print(
-        f'floor: one bare conditional PUT of {mean_body} B = {bare_put * 1000:.2f} ms, '
-        f'one GET = {bare_get * 1000:.2f} ms'
-    )
+    print(f'floor (median of rounds): one bare conditional PUT of {body_size} B = {bare_put * 1000:.2f} ms, ', end='')
+    print(f'one GET = {bare_get * 1000:.2f} ms')
     print()
     header = f'{"":48} {"GET/step":>8} {"PUT/step":>8} {"req/step":>8} {"KB up/step":>10} {"ms/step":>8} {"x floor":>8}'
     print(header)
@@ -187,20 +206,21 @@ async def benchmark(steps: int, repeat: int) -> None:
         last = rounds[-1]
         median_ms = statistics.median(t for r in rounds for t in r.step_times) * 1000
         gets, puts = last.requests['GET'] / last.steps, last.requests['PUT'] / last.steps
-        floor_ms = (round(puts) * bare_put + round(gets) * bare_get) * 1000
-        ratio = f'{median_ms / floor_ms:.2f}' if floor_ms else ''
-        request_cells = f'{gets:>8.2f} {puts:>8.2f} {gets + puts:>8.2f} {last.uploaded / last.steps / 1024:>10.2f}'
-        if not floor_ms:
-            request_cells = f'{"":>8} {"":>8} {"":>8} {"":>10}'
-        print(f'{name:48} {request_cells} {median_ms:>8.2f} {ratio:>8}')
+        if name in ratios:
+            cells = f'{gets:>8.2f} {puts:>8.2f} {gets + puts:>8.2f} {last.uploaded / last.steps / 1024:>10.2f}'
+            ratio = f'{statistics.median(ratios[name]):.2f}'
+        else:
+            cells, ratio = f'{"":>8} {"":>8} {"":>8} {"":>10}', ''
+        print(f'{name:48} {cells} {median_ms:>8.2f} {ratio:>8}')
     print()
-    writes_floor = round(fresh.requests['PUT'] / fresh.steps) * bare_put * 1000
-    fresh_ms = statistics.median(t for r in results['S3, one fresh instance per step'] for t in r.step_times) * 1000
-    print(f'fresh instance per step vs its writes alone ({writes_floor:.2f} ms): {fresh_ms / writes_floor:.2f}x')
+    print('x floor: median over rounds of (median step time / the same requests sent bare in that round)')
+    print(f'fresh instance per step against its 4 PUTs alone: {statistics.median(ratios["writes only"]):.2f}x')
+    in_process, fresh = results['S3, Graph.run in one process'][-1], results['S3, one fresh instance per step'][-1]
     print(
         f'request targets: Graph.run <= 3/step: {_verdict(in_process, 3)}; '
         f'fresh instance <= 5/step: {_verdict(fresh, 5)}'
     )
+    print(f'persistence.stats after the last Graph.run (whole run, create included): {in_process.stats}')
 
 
 def _verdict(result: Result, target: int) -> str:

@@ -92,6 +92,15 @@ async def s3(request: pytest.FixtureRequest, endpoint_name: str) -> AsyncIterato
         bucket = f'test-{uuid.uuid4().hex[:16]}'
         await raw.create_bucket(Bucket=bucket)
         yield S3Bucket(endpoint_name, endpoint, bucket, raw, session)
+        await _delete_bucket(raw, bucket)
+
+
+async def _delete_bucket(raw: S3Client, bucket: str) -> None:
+    # SeaweedFS gives each bucket volumes of its own: a suite that left them all behind would run out.
+    while keys := [item['Key'] for item in (await raw.list_objects_v2(Bucket=bucket)).get('Contents', [])]:
+        for key in keys:
+            await raw.delete_object(Bucket=bucket, Key=key)
+    await raw.delete_bucket(Bucket=bucket)
 
 
 @pytest.fixture

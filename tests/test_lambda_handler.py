@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import aioboto3
-import boto3
 import pytest
 
 from pydantic_graph_s3 import ClientSettings
@@ -60,13 +59,7 @@ class Bucket:
 
 @pytest.fixture
 def bucket(moto_endpoint: S3Endpoint) -> Iterator[Bucket]:
-    raw = boto3.client(
-        's3',
-        endpoint_url=moto_endpoint.url,
-        aws_access_key_id=moto_endpoint.access_key,
-        aws_secret_access_key=moto_endpoint.secret_key,
-        region_name=moto_endpoint.region,
-    )
+    raw = moto_endpoint.sync_client()
     name = f'handler-{uuid.uuid4().hex[:16]}'
     raw.create_bucket(Bucket=name)
     yield Bucket(moto_endpoint, name, raw)

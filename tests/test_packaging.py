@@ -16,7 +16,6 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 from typer.testing import CliRunner
 
@@ -97,13 +96,7 @@ def test_package_holds_the_handler_the_library_and_linux_wheels_only(built: Path
 @pytest.mark.packaging
 def test_clean_interpreter_imports_the_package_and_runs_a_graph(extracted: Path, moto_endpoint: S3Endpoint) -> None:
     bucket = f'packaged-{uuid.uuid4().hex[:12]}'
-    raw = boto3.client(
-        's3',
-        endpoint_url=moto_endpoint.url,
-        aws_access_key_id=moto_endpoint.access_key,
-        aws_secret_access_key=moto_endpoint.secret_key,
-        region_name=moto_endpoint.region,
-    )
+    raw = moto_endpoint.sync_client()
     raw.create_bucket(Bucket=bucket)
     base_python = getattr(sys, '_base_executable', sys.executable)
     env = {

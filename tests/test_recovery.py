@@ -30,6 +30,9 @@ from .conftest import S3Bucket, new_session
 pytestmark = pytest.mark.anyio
 
 STALE = timedelta(seconds=0.4)
+# Where a test needs a claim to still be fresh when it looks: long enough for a slow first write (SeaweedFS
+# allocates a new bucket's volumes lazily), as a claim's time is taken before its write is sent.
+FRESH = timedelta(seconds=2)
 
 
 def worker(s3: S3Bucket, run_id: str, *, graph: Graph[Any, Any, Any] = count_down_graph, **overrides: Any) -> Any:
@@ -40,8 +43,8 @@ def worker(s3: S3Bucket, run_id: str, *, graph: Graph[Any, Any, Any] = count_dow
     return persistence
 
 
-async def stale() -> None:
-    await anyio.sleep(STALE.total_seconds() + 0.05)
+async def stale(after: timedelta = STALE) -> None:
+    await anyio.sleep(after.total_seconds() + 0.05)
 
 
 async def started_run(s3: S3Bucket, run_id: str, counter: int = 1) -> str:
@@ -52,12 +55,12 @@ async def started_run(s3: S3Bucket, run_id: str, counter: int = 1) -> str:
 
 async def test_a_fresh_claim_is_not_taken_a_stale_one_is(s3: S3Bucket) -> None:
     snapshot_id = await started_run(s3, 'stale-pending')
-    crashed = worker(s3, 'stale-pending')
+    crashed = worker(s3, 'stale-pending', reclaim_after=FRESH)
     assert (await crashed.load_next()) is not None  # ...and then the process dies
 
-    survivor = worker(s3, 'stale-pending')
+    survivor = worker(s3, 'stale-pending', reclaim_after=FRESH)
     assert await survivor.load_next() is None, 'a fresh claim belongs to its worker'
-    await stale()
+    await stale(FRESH)
     reclaimed = await survivor.load_next()
     assert reclaimed is not None and reclaimed.id == snapshot_id and reclaimed.status == 'pending'
     record = await survivor.load_record()
@@ -238,15 +241,15 @@ pause_graph = Graph(nodes=[Pause])
 async def test_worker_reclaims_a_stale_step_and_a_fresh_claim_stays_busy(
     s3: S3Bucket, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv('PYDANTIC_GRAPH_S3_RECLAIM_AFTER', str(STALE.total_seconds()))
+    monkeypatch.setenv('PYDANTIC_GRAPH_S3_RECLAIM_AFTER', str(FRESH.total_seconds()))
     survivor = GraphWorker(count_down_graph, bucket=s3.bucket, prefix='runs/', **s3.options())
-    assert survivor.persistence('w').reclaim_after == STALE, 'reclaim_after comes from the environment'
+    assert survivor.persistence('w').reclaim_after == FRESH, 'reclaim_after comes from the environment'
     await survivor.start('w', CountDown(), CountDownState(2))
-    assert await worker(s3, 'w').load_next() is not None  # a worker claims the first step and dies
+    assert await worker(s3, 'w', reclaim_after=FRESH).load_next() is not None  # a worker claims the step and dies
 
     busy = await survivor.advance('w')
     assert (busy.status, busy.steps, busy.next_node) == ('busy', 0, 'CountDown')
-    await stale()
+    await stale(FRESH)
     done = await survivor.advance('w')
     assert (done.status, done.steps, done.output) == ('done', 3, 0)
     history = await worker(s3, 'w').load_all()

@@ -1,6 +1,15 @@
 """pydantic-graph 1.x state persistence in Amazon S3, with compare-and-swap writes instead of lock files."""
 
-from .persistence import Claim, ClaimLostError, RunRecord, S3StatePersistence, run_object_key, validate_run_id
+from .persistence import (
+    Claim,
+    ClaimLostError,
+    RunRecord,
+    S3StatePersistence,
+    decode_snapshot_list,
+    run_object_key,
+    validate_run_id,
+)
+from .runs import PruneOutcome, RunHistory, RunStore, RunSummary, SnapshotRow
 from .storage import (
     AccessDeniedError,
     BucketNotFoundError,
@@ -10,6 +19,9 @@ from .storage import (
     CorruptObjectError,
     CredentialsError,
     EndpointUnreachableError,
+    ObjectChangedError,
+    ObjectExistsError,
+    ObjectNotFoundError,
     ObjectTooLargeError,
     RetriesExhaustedError,
     RetryPolicy,
@@ -26,6 +38,12 @@ __all__ = (
     'RunRecord',
     'verify_conditional_writes',
     'ConditionalWritesUnsupportedError',
+    'decode_snapshot_list',
+    'RunStore',
+    'RunSummary',
+    'RunHistory',
+    'SnapshotRow',
+    'PruneOutcome',
     'RetryPolicy',
     'ClientSettings',
     'CasStats',
@@ -36,5 +54,8 @@ __all__ = (
     'CredentialsError',
     'EndpointUnreachableError',
     'ObjectTooLargeError',
+    'ObjectNotFoundError',
+    'ObjectExistsError',
+    'ObjectChangedError',
     'RetriesExhaustedError',
 )

@@ -1,20 +1,66 @@
-"""The `pydantic-graph-s3` command line."""
+"""The `pydantic-graph-s3` command line: the demo, and operating the runs stored in a bucket.
+
+User mistakes (a missing bucket, missing or rejected credentials, an unknown run, a run changed meanwhile) end
+with one line on stderr and an exit code from `ExitCode`, never a traceback.
+"""
 
 from __future__ import annotations as _annotations
 
+import importlib
+import inspect
+import os
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from datetime import UTC, datetime
+from enum import IntEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, NoReturn, TypeVar
 
 try:
     import typer
     from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.table import Table
 except ImportError as e:  # pragma: no cover - only without the [cli] extra
     raise SystemExit("the pydantic-graph-s3 command needs its extra: pip install 'pydantic-graph-s3[cli]'") from e
 
+import anyio
+import pydantic_core
+from pydantic_graph.graph import Graph
+
 from .demo import DemoOptions, run_demo
 from .packaging import Architecture, LambdaPackage, PackagingError, build_lambda_package
+from .runs import PruneOutcome, RunHistory, RunStore, RunSummary
+from .storage import (
+    AccessDeniedError,
+    BucketNotFoundError,
+    CredentialsError,
+    EndpointUnreachableError,
+    ObjectChangedError,
+    ObjectExistsError,
+    ObjectNotFoundError,
+    S3PersistenceError,
+)
 
-__all__ = ('app', 'main')
+__all__ = ('app', 'main', 'ExitCode')
+
+T = TypeVar('T')
+
+
+class ExitCode(IntEnum):
+    """What the command's exit status means (2 is also click's own code for bad usage)."""
+
+    OK = 0
+    S3_ERROR = 1
+    USAGE = 2
+    NOT_FOUND = 3
+    ACCESS = 4
+    CONFLICT = 5
+    UNREACHABLE = 6
+    NOT_AVAILABLE = 7
+
 
 app = typer.Typer(
     help='pydantic-graph runs stored in S3 with compare-and-swap writes.',
@@ -22,7 +68,27 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+runs_app = typer.Typer(help='Inspect and manage the runs stored under a bucket and prefix.', no_args_is_help=True)
+app.add_typer(runs_app, name='runs')
 console = Console()
+errors = Console(stderr=True)
+
+BucketOption = Annotated[
+    str, typer.Option('--bucket', envvar='PYDANTIC_GRAPH_S3_BUCKET', help='The bucket holding the runs.')
+]
+PrefixOption = Annotated[
+    str, typer.Option('--prefix', envvar='PYDANTIC_GRAPH_S3_PREFIX', help='Key prefix of the run objects.')
+]
+GraphOption = Annotated[
+    str | None,
+    typer.Option(
+        '--graph',
+        help="The run's graph as module:attribute, to decode nodes and state with its types.",
+        show_default=False,
+    ),
+]
+JsonOption = Annotated[bool, typer.Option('--json', help='Machine-readable JSON on stdout.')]
+RunIdArgument = Annotated[str, typer.Argument(help='The run id (its object is {prefix}{run_id}.json).')]
 
 
 @app.callback()
@@ -41,7 +107,8 @@ def demo(
     run_id: Annotated[str | None, typer.Option(help='Run id (default: a new one).')] = None,
 ) -> None:
     """Run pydantic-graph's count-down one step per simulated invocation, each with a fresh persistence."""
-    output = run_demo(DemoOptions(bucket=bucket, prefix=prefix, counter=counter, run_id=run_id), console)
+    with _user_errors():
+        output = run_demo(DemoOptions(bucket=bucket, prefix=prefix, counter=counter, run_id=run_id), console)
     console.print(f'[green]run finished[/] with output {output}')
 
 
@@ -77,5 +144,299 @@ def package(
     console.print(f'[green]built[/] {built} ({built.stat().st_size / 1e6:.1f} MB)')
 
 
+@runs_app.command('list')
+def list_runs(
+    bucket: BucketOption,
+    prefix: PrefixOption = '',
+    decode: Annotated[
+        bool, typer.Option(help='Read each run (one GET each) for its snapshot count and last status.')
+    ] = True,
+    as_json: JsonOption = False,
+) -> None:
+    """List the runs under the prefix."""
+    store = _store(bucket, prefix)
+
+    async def collect() -> list[RunSummary]:
+        found: list[RunSummary] = []
+        with _progress('listing runs') as advance:
+            async for run in store.list_runs(decode=decode):
+                found.append(run)
+                advance()
+        return found
+
+    runs = _run(collect)
+    if as_json:
+        _print_json(runs)
+        return
+    table = Table(title=f's3://{bucket}/{prefix} ({len(runs)} runs)')
+    for column in ('run id', 'snapshots', 'last status', 'ended', 'size', 'last modified'):
+        table.add_column(column, overflow='fold')
+    for run in runs:
+        table.add_row(
+            run.run_id,
+            _text(run.snapshots),
+            run.problem or _text(run.last_status),
+            _text(run.ended),
+            f'{run.size} B',
+            _time(run.last_modified),
+        )
+    console.print(table)
+
+
+@runs_app.command()
+def show(
+    run_id: RunIdArgument,
+    bucket: BucketOption,
+    prefix: PrefixOption = '',
+    graph: GraphOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show a run's snapshots: id, node, status, start and duration, and its result once ended."""
+    store = _store(bucket, prefix)
+    decoded_with = _load_graph(graph)
+    history = _run(lambda: store.history(run_id, decoded_with))
+    if graph is not None:
+        history = replace(history, decoded_with=graph)
+    if as_json:
+        _print_json(_history_json(history))
+        return
+    shown = f'decoded with {history.decoded_with}' if history.decoded_with else 'raw JSON'
+    table = Table(title=f'run {run_id} ({shown})')
+    for column in ('snapshot id', 'node', 'status', 'start', 'duration'):
+        table.add_column(column, overflow='fold')
+    for row in history.snapshots:
+        duration = '' if row.duration is None else f'{row.duration * 1000:.1f} ms'
+        table.add_row(row.id, row.node or 'End', row.status, _time(row.start), duration)
+    console.print(table)
+    if history.ended:
+        console.print(f'result: {pydantic_core.to_json(history.result).decode()}')
+    else:
+        console.print('not ended')
+
+
+@runs_app.command('export')
+def export_run(
+    run_id: RunIdArgument,
+    path: Annotated[Path, typer.Argument(help='The file to write, readable by FileStatePersistence(path).')],
+    bucket: BucketOption,
+    prefix: PrefixOption = '',
+    overwrite: Annotated[bool, typer.Option(help='Replace the file if it exists.')] = False,
+) -> None:
+    """Write a run to a FileStatePersistence file."""
+    store = _store(bucket, prefix)
+    summary = _run(lambda: store.export_run(run_id, path, overwrite=overwrite))
+    console.print(f'exported {run_id} ({summary.size} B) to {path}')
+
+
+@runs_app.command('import')
+def import_run(
+    path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help='A FileStatePersistence file.')],
+    run_id: RunIdArgument,
+    bucket: BucketOption,
+    prefix: PrefixOption = '',
+    graph: GraphOption = None,
+) -> None:
+    """Store a FileStatePersistence file as a run; an existing run is never overwritten."""
+    store = _store(bucket, prefix)
+    decoded_with = _load_graph(graph)
+    summary = _run(lambda: store.import_run(path, run_id, decoded_with))
+    console.print(f'imported {path} as s3://{bucket}/{summary.key} ({summary.snapshots} snapshots)')
+
+
+@runs_app.command()
+def delete(
+    run_id: RunIdArgument,
+    bucket: BucketOption,
+    prefix: PrefixOption = '',
+    etag: Annotated[
+        str | None,
+        typer.Option(help='Delete only this version (an ETag from `runs list --json`). Default: the version read now.'),
+    ] = None,
+    yes: Annotated[bool, typer.Option('--yes', '-y', help='Do not ask for confirmation.')] = False,
+) -> None:
+    """Delete a run, only if nobody writes it between the read (or the --etag given) and the delete."""
+    store = _store(bucket, prefix)
+    if etag is None:
+        run = _run(lambda: store.get_run(run_id))
+        etag = run.etag
+        state = 'ended' if run.ended else f'NOT ended (last status: {run.last_status})'
+        errors.print(f'run {run_id}: {run.snapshots} snapshots, {state}, last written {_time(run.last_modified)}')
+    if not yes:
+        typer.confirm(f'delete run {run_id}?', abort=True, err=True)
+    chosen = etag
+    _run(lambda: store.delete_run(run_id, etag=chosen))
+    console.print(f'deleted {run_id}')
+
+
+@runs_app.command()
+def prune(
+    bucket: BucketOption,
+    ended_before: Annotated[
+        str, typer.Option(help='Delete runs that ended before this ISO date or time (UTC unless it says otherwise).')
+    ],
+    prefix: PrefixOption = '',
+    dry_run: Annotated[bool, typer.Option('--dry-run', help='Only show what would be deleted.')] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Delete ended runs last written before a date; runs not ended, or written meanwhile, are kept."""
+    cutoff = _parse_time(ended_before)
+    store = _store(bucket, prefix)
+
+    async def collect() -> list[PruneOutcome]:
+        outcomes: list[PruneOutcome] = []
+        with _progress('dry run' if dry_run else 'pruning') as advance:
+            async for outcome in store.prune(ended_before=cutoff, dry_run=dry_run):
+                outcomes.append(outcome)
+                advance()
+        return outcomes
+
+    outcomes = _run(collect)
+    chosen = [o for o in outcomes if o.deleted or o.reason.startswith('would delete')]
+    if as_json:
+        _print_json(outcomes)
+        return
+    table = Table(title=f'{"would delete" if dry_run else "deleted"}: {len(chosen)} of {len(outcomes)} runs')
+    for column in ('run id', 'last modified', 'outcome'):
+        table.add_column(column, overflow='fold')
+    for outcome in outcomes:
+        table.add_row(outcome.run.run_id, _time(outcome.run.last_modified), outcome.reason)
+    console.print(table)
+
+
+@runs_app.command()
+def recover(run_id: RunIdArgument, bucket: BucketOption, prefix: PrefixOption = '', graph: GraphOption = None) -> None:
+    """Make a run whose worker died mid-step runnable again, with the recovery API where this version has it.
+
+    The recovery API is `pydantic_graph_s3.recover_run(persistence)`, awaited; without it the command exits
+    with `NOT_AVAILABLE` and does nothing.
+    """
+    recover_run = _optional_api('recover_run', 'runs recover', 'the recovery API (claim tokens, reclaim_after)')
+    persistence = _store(bucket, prefix).persistence(run_id, _load_graph(graph))
+    result = _run(lambda: _awaited(recover_run(persistence)))
+    console.print(f'recovered {run_id}: {result}')
+
+
+@app.command('check-endpoint')
+def check_endpoint(bucket: BucketOption, prefix: PrefixOption = '') -> None:
+    """Check that the endpoint honours conditional writes, with `verify_conditional_writes` where available."""
+    verify = _optional_api('verify_conditional_writes', 'check-endpoint', 'the endpoint check')
+    result = _run(lambda: _awaited(verify(bucket, prefix)))
+    console.print(f'conditional writes honoured at s3://{bucket}/{prefix}: {result}')
+
+
 def main() -> None:
     app()
+
+
+def _run(work: Callable[[], Awaitable[T]]) -> T:
+    """Run `work` on a fresh event loop, turning the errors users cause into a message and an exit code."""
+    with _user_errors():
+        return anyio.run(work)
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    try:
+        yield
+    except (ObjectNotFoundError, BucketNotFoundError) as e:
+        _fail(ExitCode.NOT_FOUND, str(e))
+    except (CredentialsError, AccessDeniedError) as e:
+        _fail(ExitCode.ACCESS, str(e))
+    except (ObjectChangedError, ObjectExistsError, FileExistsError) as e:
+        _fail(ExitCode.CONFLICT, str(e))
+    except EndpointUnreachableError as e:
+        _fail(ExitCode.UNREACHABLE, str(e))
+    except S3PersistenceError as e:
+        _fail(ExitCode.S3_ERROR, str(e))
+    except ValueError as e:  # an invalid run id, or a file that is not a snapshot list
+        _fail(ExitCode.USAGE, str(e))
+
+
+def _store(bucket: str, prefix: str) -> RunStore:
+    if not bucket:
+        _fail(ExitCode.USAGE, 'no bucket: pass --bucket or set PYDANTIC_GRAPH_S3_BUCKET')
+    return RunStore(bucket, prefix)
+
+
+def _fail(code: ExitCode, message: str) -> NoReturn:
+    errors.print(f'[red]error:[/] {message}', highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+async def _awaited(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
+def _optional_api(name: str, command: str, what: str) -> Callable[..., Any]:
+    """A function of the package that a newer version provides, or a clear exit when this one lacks it."""
+    import pydantic_graph_s3
+
+    found: Callable[..., Any] | None = getattr(pydantic_graph_s3, name, None)
+    if found is None:
+        _fail(
+            ExitCode.NOT_AVAILABLE,
+            f'`{command}` is not available in this version of pydantic-graph-s3: it needs {what} '
+            f'(pydantic_graph_s3.{name}), which this installation does not have.',
+        )
+    return found
+
+
+def _load_graph(spec: str | None) -> Graph[Any, Any, Any] | None:
+    """The graph named by `module:attribute`, imported as `python -m` would find it (the current directory first)."""
+    if spec is None:
+        return None
+    module_name, _, attribute = spec.partition(':')
+    if not module_name or not attribute:
+        raise typer.BadParameter(f'{spec!r} is not module:attribute', param_hint='--graph')
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        graph = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as e:
+        raise typer.BadParameter(f'cannot load {spec}: {e}', param_hint='--graph') from e
+    if not isinstance(graph, Graph):
+        raise typer.BadParameter(
+            f'{spec} is a {type(graph).__name__}, not a pydantic_graph.Graph', param_hint='--graph'
+        )
+    return graph
+
+
+def _parse_time(text: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError as e:
+        raise typer.BadParameter(f'{text!r} is not an ISO date or time', param_hint='--ended-before') from e
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+@contextmanager
+def _progress(description: str) -> Iterator[Callable[[], None]]:
+    """A spinner with a count on stderr (drawn only on a terminal), advanced once per run."""
+    columns = (SpinnerColumn(), TextColumn('{task.description}: {task.completed} runs'), TimeElapsedColumn())
+    with Progress(*columns, console=errors, transient=True) as progress:
+        task = progress.add_task(description, total=None)
+        yield lambda: progress.advance(task)
+
+
+def _history_json(history: RunHistory) -> dict[str, Any]:
+    return {
+        'run_id': history.run_id,
+        'key': history.key,
+        'etag': history.etag,
+        'decoded_with': history.decoded_with,
+        'ended': history.ended,
+        'result': history.result,
+        'snapshots': history.snapshots,
+    }
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(pydantic_core.to_json(value, indent=2).decode() + '\n')
+
+
+def _text(value: object) -> str:
+    return '' if value is None else str(value)
+
+
+def _time(value: datetime | None) -> str:
+    return '' if value is None else value.astimezone(UTC).strftime('%Y-%m-%d %H:%M:%S UTC')

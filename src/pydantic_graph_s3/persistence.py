@@ -15,11 +15,12 @@ import copy
 import functools
 import re
 import uuid
-from collections.abc import AsyncGenerator, Callable, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from pathlib import PurePosixPath
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
@@ -28,6 +29,7 @@ import pydantic
 import pydantic_core
 from pydantic_graph import BaseNode, End
 from pydantic_graph.exceptions import GraphNodeStatusError
+from pydantic_graph.graph import Graph
 from pydantic_graph.persistence import (
     BaseStatePersistence,
     EndSnapshot,
@@ -50,11 +52,20 @@ from .storage import (
     ensure_conditional_writes,
     shared_client,
 )
+from .storage.telemetry import logger, span
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
 
-__all__ = ('S3StatePersistence', 'Claim', 'ClaimLostError', 'RunRecord', 'run_object_key', 'validate_run_id')
+__all__ = (
+    'S3StatePersistence',
+    'Claim',
+    'ClaimLostError',
+    'RunRecord',
+    'run_object_key',
+    'validate_run_id',
+    'decode_snapshot_list',
+)
 
 R = TypeVar('R')
 S = TypeVar('S')
@@ -165,6 +176,15 @@ def _snapshot_list_codec(
     with set_nodes_type_context(node_types):
         adapter = build_snapshot_list_type_adapter(state_type, run_end_type)
     return _SnapshotListCodec(adapter, frozenset(node.get_node_id() for node in node_types))
+
+
+def decode_snapshot_list(body: bytes, graph: Graph[Any, Any, Any]) -> list[Snapshot[Any, Any]]:
+    """What `load_all` returns for a run stored as `body`, decoded with `graph`'s types.
+
+    Raises `ValueError` when `body` is not a snapshot list of this graph (as `CorruptObjectError` says).
+    """
+    types: tuple[Any, ...] = (*graph.inferred_types, tuple(graph.get_nodes()))
+    return _snapshot_list_codec(*types).decode(body).snapshots
 
 
 @dataclass(frozen=True)
@@ -294,18 +314,26 @@ class S3StatePersistence(BaseStatePersistence[StateT, RunEndT]):
         return f's3://{self.bucket}/{self.key}'
 
     @property
+    def run_id(self) -> str:
+        """The run id this object's key names (`{prefix}{run_id}.json`), as log records and spans show it."""
+        return PurePosixPath(self.key).name.removesuffix('.json')
+
+    @property
     def stats(self) -> CasStats:
         """Requests, conflicts, retries and bytes this instance has cost so far."""
         return self._cas().stats
 
     async def snapshot_node(self, state: StateT, next_node: BaseNode[StateT, Any, RunEndT]) -> None:
-        await self._append(_detached(NodeSnapshot(state=state, node=next_node)))
+        snapshot = _detached(NodeSnapshot(state=state, node=next_node))
+        with self._traced('snapshot_node', snapshot.id):
+            await self._append(snapshot)
 
     async def snapshot_node_if_new(
         self, snapshot_id: str, state: StateT, next_node: BaseNode[StateT, Any, RunEndT]
     ) -> None:
         snapshot = _detached(NodeSnapshot(state=state, node=next_node))
-        await self._update(partial(_append_if_new, snapshot_id, snapshot))
+        with self._traced('snapshot_node_if_new', snapshot_id):
+            await self._update(partial(_append_if_new, snapshot_id, snapshot))
 
     async def initialize_run(
         self, state: StateT, node: BaseNode[StateT, Any, RunEndT]
@@ -320,7 +348,9 @@ class S3StatePersistence(BaseStatePersistence[StateT, RunEndT]):
         return await self._cas().update(partial(_create_if_empty, snapshot), expect_missing=True)
 
     async def snapshot_end(self, state: StateT, end: End[RunEndT]) -> None:
-        await self._append(_detached(EndSnapshot(state=state, result=end)))
+        snapshot = _detached(EndSnapshot(state=state, result=end))
+        with self._traced('snapshot_end', snapshot.id):
+            await self._append(snapshot)
 
     def record_run(self, snapshot_id: str) -> AbstractAsyncContextManager[None]:
         if self.reclaim_after is None:
@@ -328,21 +358,24 @@ class S3StatePersistence(BaseStatePersistence[StateT, RunEndT]):
         return self._record_claimed_run(snapshot_id)
 
     async def load_next(self) -> NodeSnapshot[StateT, RunEndT] | None:
-        if self.reclaim_after is None:
-            return await self._update(_claim_next_created)
-        token = _new_token()
-        claim = partial(_claim_next, token, datetime.now(tz=UTC), self.reclaim_after, self.max_attempts)
-        snapshot = await self._update(claim)
-        if snapshot is not None:
-            self._held[snapshot.id] = token
-        return snapshot
+        with self._traced('load_next'):
+            if self.reclaim_after is None:
+                return await self._update(_claim_next_created)
+            token = _new_token()
+            claim = partial(_claim_next, token, datetime.now(tz=UTC), self.reclaim_after, self.max_attempts)
+            snapshot = await self._update(claim)
+            if snapshot is not None:
+                self._held[snapshot.id] = token
+            return snapshot
 
     async def load_all(self) -> list[Snapshot[StateT, RunEndT]]:
-        return (await self._cas().load()).snapshots
+        with self._traced('load_all'):
+            return (await self._cas().load()).snapshots
 
     async def load_record(self) -> RunRecord:
         """The snapshots and the claims of the run (claims are only written with `reclaim_after`), in one read."""
-        return await self._cas().load()
+        with self._traced('load_record'):
+            return await self._cas().load()
 
     def should_set_types(self) -> bool:
         """Whether types need to be set."""
@@ -355,15 +388,37 @@ class S3StatePersistence(BaseStatePersistence[StateT, RunEndT]):
 
     @asynccontextmanager
     async def _record_run(self, snapshot_id: str) -> AsyncGenerator[None]:
-        await self._update(partial(_start_run, snapshot_id, datetime.now(tz=UTC)))
-        start = perf_counter()
-        try:
-            yield
-        except Exception:
-            await self._update(partial(_finish_run, snapshot_id, perf_counter() - start, 'error'))
-            raise
-        else:
-            await self._update(partial(_finish_run, snapshot_id, perf_counter() - start, 'success'))
+        # One span around the node's execution too, so that the node's own spans nest under it.
+        with self._traced('record_run', snapshot_id):
+            await self._update(partial(_start_run, snapshot_id, datetime.now(tz=UTC)))
+            logger.info('run %s: snapshot %s running', self.run_id, snapshot_id, extra={'run_id': self.run_id})
+            start = perf_counter()
+            try:
+                yield
+            except Exception:
+                await self._finish(snapshot_id, perf_counter() - start, 'error')
+                raise
+            else:
+                await self._finish(snapshot_id, perf_counter() - start, 'success')
+
+    async def _finish(self, snapshot_id: str, duration: float, status: SnapshotStatus) -> None:
+        await self._update(partial(_finish_run, snapshot_id, duration, status))
+        logger.info('run %s: snapshot %s %s', self.run_id, snapshot_id, status, extra={'run_id': self.run_id})
+
+    @contextmanager
+    def _traced(self, method: str, snapshot_id: str | None = None) -> Iterator[None]:
+        """One span and one DEBUG record per persistence call, with its outcome."""
+        attributes = {'bucket': self.bucket, 'key': self.key, 'run_id': self.run_id, 'snapshot_id': snapshot_id or ''}
+        with span('persistence {method} {run_id}', method=method, **attributes) as call_span:
+            outcome = 'ok'
+            try:
+                yield
+            except BaseException as e:
+                outcome = f'error: {type(e).__name__}'
+                raise
+            finally:
+                call_span.set_attribute('outcome', outcome)
+                logger.debug('run %s: %s %s', self.run_id, method, outcome, extra={'run_id': self.run_id})
 
     @asynccontextmanager
     async def _record_claimed_run(self, snapshot_id: str) -> AsyncGenerator[None]:
@@ -376,14 +431,17 @@ class S3StatePersistence(BaseStatePersistence[StateT, RunEndT]):
         await self._flush_finished()
         held = self._held.pop(snapshot_id, None)
         token = held or _new_token()
-        await self._update(partial(_start_claimed_run, snapshot_id, held, token, datetime.now(tz=UTC)))
-        start = perf_counter()
-        try:
-            yield
-        except Exception:
-            await self._update(partial(_finish_claimed_run, snapshot_id, token, perf_counter() - start, 'error'))
-            raise
-        self._finished = _Finished(snapshot_id, token, perf_counter() - start)
+        with self._traced('record_run', snapshot_id):
+            await self._update(partial(_start_claimed_run, snapshot_id, held, token, datetime.now(tz=UTC)))
+            logger.info('run %s: snapshot %s running', self.run_id, snapshot_id, extra={'run_id': self.run_id})
+            start = perf_counter()
+            try:
+                yield
+            except Exception:
+                await self._update(partial(_finish_claimed_run, snapshot_id, token, perf_counter() - start, 'error'))
+                logger.info('run %s: snapshot %s error', self.run_id, snapshot_id, extra={'run_id': self.run_id})
+                raise
+            self._finished = _Finished(snapshot_id, token, perf_counter() - start)
 
     async def _append(self, snapshot: Snapshot[StateT, RunEndT]) -> None:
         finished, self._finished = self._finished, None
@@ -421,6 +479,7 @@ class S3StatePersistence(BaseStatePersistence[StateT, RunEndT]):
                 client=self._client,
                 retry=self.retry,
                 max_object_bytes=self.max_object_bytes,
+                labels={'run_id': self.run_id},
             )
         return self._object
 

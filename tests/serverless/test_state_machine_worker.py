@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 
 from pydantic_graph_s3 import ClientSettings
@@ -28,13 +27,7 @@ NO_RETRY_DELAY = {'Advance': 0, 'ContinueAsNewExecution': 0}
 
 @pytest.fixture
 def bucket(moto_endpoint: S3Endpoint) -> Iterator[tuple[str, Any]]:
-    raw = boto3.client(
-        's3',
-        endpoint_url=moto_endpoint.url,
-        aws_access_key_id=moto_endpoint.access_key,
-        aws_secret_access_key=moto_endpoint.secret_key,
-        region_name=moto_endpoint.region,
-    )
+    raw = moto_endpoint.sync_client()
     name = f'sfn-{uuid.uuid4().hex[:16]}'
     raw.create_bucket(Bucket=name)
     yield name, raw

@@ -9,6 +9,10 @@ from __future__ import annotations as _annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from typing import Any
+
+import boto3
+from botocore.config import Config
 
 from pydantic_graph_s3.storage.embedded import embedded_s3
 
@@ -27,6 +31,17 @@ class S3Endpoint:
     def with_url(self, url: str) -> S3Endpoint:
         """The same credentials at another URL, e.g. a proxy in front of this endpoint."""
         return replace(self, url=url)
+
+    def sync_client(self, config: Config | None = None) -> Any:
+        """A plain boto3 client for this endpoint, for test set-up and checks outside any event loop."""
+        return boto3.client(
+            's3',
+            endpoint_url=self.url,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            region_name=self.region,
+            config=config,
+        )
 
 
 @contextmanager

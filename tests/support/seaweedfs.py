@@ -20,7 +20,6 @@ from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-import boto3  # the sync client is only a readiness probe
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -136,6 +135,11 @@ def _weed_mini(
         '-admin.ui=false',
         '-master.telemetry=false',
         '-volume.preStopSeconds=0',
+        # Every bucket is a collection with volumes of its own, and the default count comes from the free disk
+        # space (77 on a test machine, gone after a few dozen buckets): many small volumes, allocated lazily.
+        '-volume.max=4000',
+        '-master.volumeSizeLimitMB=16',
+        '-master.volumePreallocate=false',
     ]
     # Credentials in the environment would add a second identity (`weed mini` reads AWS_ACCESS_KEY_ID).
     env = {k: v for k, v in os.environ.items() if not k.startswith('AWS_')}
@@ -167,14 +171,7 @@ def _stop(process: subprocess.Popen[bytes], timeout: float) -> None:
 
 def _wait_ready(process: subprocess.Popen[bytes], endpoint: S3Endpoint, deadline: float) -> bool:
     """Poll until an authenticated bucket create + put + delete works: True, or False once `weed` has exited."""
-    client = boto3.client(
-        's3',
-        endpoint_url=endpoint.url,
-        aws_access_key_id=endpoint.access_key,
-        aws_secret_access_key=endpoint.secret_key,
-        region_name=endpoint.region,
-        config=Config(connect_timeout=1, read_timeout=5, retries={'total_max_attempts': 1}),
-    )
+    client = endpoint.sync_client(Config(connect_timeout=1, read_timeout=5, retries={'total_max_attempts': 1}))
     try:
         while time.monotonic() < deadline:
             if process.poll() is not None:

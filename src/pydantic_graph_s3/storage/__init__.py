@@ -1,6 +1,6 @@
 """Storage layer: S3 objects updated by compare-and-swap. Knows nothing about pydantic-graph."""
 
-from .cas import CasObject, CasStats, Change, Codec, RetryPolicy
+from .cas import CasObject, CasStats, Change, Codec, ObjectInfo, RetryPolicy, list_objects
 from .client import ClientSettings, default_session, shared_client
 from .errors import (
     AccessDeniedError,
@@ -9,6 +9,9 @@ from .errors import (
     CorruptObjectError,
     CredentialsError,
     EndpointUnreachableError,
+    ObjectChangedError,
+    ObjectExistsError,
+    ObjectNotFoundError,
     ObjectTooLargeError,
     RetriesExhaustedError,
     S3PersistenceError,
@@ -21,6 +24,8 @@ __all__ = (
     'Change',
     'Codec',
     'RetryPolicy',
+    'ObjectInfo',
+    'list_objects',
     'ClientSettings',
     'default_session',
     'shared_client',
@@ -34,5 +39,8 @@ __all__ = (
     'CredentialsError',
     'EndpointUnreachableError',
     'ObjectTooLargeError',
+    'ObjectNotFoundError',
+    'ObjectExistsError',
+    'ObjectChangedError',
     'RetriesExhaustedError',
 )

@@ -5,14 +5,19 @@ value, and writes the result back with `PutObject(IfMatch=etag)`, or `IfNoneMatc
 exist yet. If another writer got there first S3 answers 412 (or 409, or 404 when the object vanished), and the
 whole cycle runs again on what that writer left, so every decision `change` makes is re-made on fresh data.
 There are no locks, so a crashed writer can never leave anything behind that blocks the others.
+
+`RequestScope` is the one place that retries, classifies errors, counts and traces S3 requests: `CasObject`
+uses it for reads, updates and conditional deletes, `list_objects` for listing pages.
 """
 
 from __future__ import annotations as _annotations
 
 import random
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from botocore.exceptions import (
     BotoCoreError,
@@ -32,15 +37,17 @@ from .errors import (
     CorruptObjectError,
     CredentialsError,
     EndpointUnreachableError,
+    ObjectChangedError,
     ObjectTooLargeError,
     RetriesExhaustedError,
     S3PersistenceError,
 )
+from .telemetry import logger, span
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
 
-__all__ = ('Codec', 'Change', 'RetryPolicy', 'CasStats', 'CasObject', 'ClientSource')
+__all__ = ('Codec', 'Change', 'RetryPolicy', 'CasStats', 'CasObject', 'ClientSource', 'ObjectInfo', 'list_objects')
 
 T = TypeVar('T')
 R = TypeVar('R')
@@ -91,10 +98,17 @@ class RetryPolicy:
 
 @dataclass
 class CasStats:
-    """Counters of one `CasObject`: what its callers paid in requests and bytes."""
+    """Counters of one `CasObject` (or one `RunStore`): what its callers paid in requests and bytes.
+
+    Every request sent counts, including failed ones. `conflicts` counts requests refused because another
+    writer got there first; `retries` counts attempts made again after a failure (conflict or transient), so a
+    call that gives up after `max_attempts` attempts adds `max_attempts - 1`.
+    """
 
     gets: int = 0
     puts: int = 0
+    deletes: int = 0
+    lists: int = 0
     conflicts: int = 0
     retries: int = 0
     bytes_sent: int = 0
@@ -102,7 +116,11 @@ class CasStats:
 
     @property
     def requests(self) -> int:
-        return self.gets + self.puts
+        return self.gets + self.puts + self.deletes + self.lists
+
+    def as_dict(self) -> dict[str, int]:
+        """Every counter and the request total, for printing or JSON."""
+        return {**asdict(self), 'requests': self.requests}
 
 
 @dataclass(frozen=True)
@@ -146,6 +164,189 @@ _CREDENTIAL_CODES = frozenset(
 )
 
 
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One object as a listing shows it."""
+
+    key: str
+    size: int
+    etag: str
+    last_modified: datetime
+
+
+@dataclass
+class _Request:
+    """One S3 request as its span and log record show it; the request code fills in the ETag and outcome."""
+
+    operation: str
+    attempt: int
+    etag: str | None = None
+    outcome: str = 'ok'
+
+
+@dataclass
+class RequestScope:
+    """What a series of S3 requests is about, and the one mechanism that retries, classifies, counts and traces them.
+
+    `key` is the object (or, for a listing, the prefix) named in errors, spans and log records; `labels` are
+    added to every span and log record (the persistence adds the run id).
+    """
+
+    bucket: str
+    key: str
+    retry: RetryPolicy
+    stats: CasStats
+    labels: Mapping[str, str] = field(default_factory=dict)
+    endpoint_url: str = 'the S3 endpoint'
+
+    @contextmanager
+    def request(self, operation: str, attempt: int, etag: str | None = None) -> Iterator[_Request]:
+        """Trace one request: a span with bucket, key, ETag, attempt and outcome, and a DEBUG record."""
+        record = _Request(operation, attempt, etag)
+        with span(
+            'S3 {operation} {key}',
+            operation=operation,
+            bucket=self.bucket,
+            key=self.key,
+            attempt=attempt,
+            **self.labels,
+        ) as request_span:
+            try:
+                yield record
+            except _Retryable as e:
+                record.outcome = 'conflict' if e.conflict else 'transient'
+                raise
+            except BaseException as e:
+                if record.outcome == 'ok':
+                    record.outcome = f'error: {type(e).__name__}'
+                raise
+            finally:
+                request_span.set_attribute('outcome', record.outcome)
+                request_span.set_attribute('etag', record.etag or '')
+                logger.debug(
+                    '%s s3://%s/%s attempt %d: %s (ETag %s)',
+                    operation,
+                    self.bucket,
+                    self.key,
+                    attempt,
+                    record.outcome,
+                    record.etag,
+                    extra=self._log_extra(),
+                )
+
+    def classify(self, error: ClientError | BotoCoreError, operation: str, *, from_cache: bool = False) -> Exception:
+        """Turn a botocore error into `_Retryable` (try again) or a typed, final `S3PersistenceError`."""
+        code = _error_code(error)
+        if code in _CONFLICT_CODES:
+            self.stats.conflicts += 1
+            return _Retryable(f'{operation}: {code} (another writer won)', conflict=True, from_cache=from_cache)
+        if code in _TRANSIENT_CODES:
+            return _Retryable(f'{operation}: {code}')
+        if isinstance(error, BotoConnectionError):  # no connection at all: refused, DNS, connect timeout
+            return _Retryable(f'{operation}: {type(error).__name__}: {error}', unreachable=True)
+        if isinstance(error, HTTPClientError):  # connected, then a read timeout or a dropped connection
+            return _Retryable(f'{operation}: {type(error).__name__}: {error}')
+        if code == 'NoSuchBucket':
+            return BucketNotFoundError(self.bucket, self.key)
+        if code in {'AccessDenied', '403', 'AllAccessDisabled'}:
+            return AccessDeniedError(self.bucket, self.key, operation)
+        if code in _CREDENTIAL_CODES or isinstance(error, NoCredentialsError | PartialCredentialsError):
+            return CredentialsError(self.bucket, self.key, code or type(error).__name__)
+        return S3PersistenceError(self.bucket, self.key, f'{operation} failed: {error}')
+
+    async def with_retries(self, attempt: Callable[[int], Awaitable[R]]) -> R:
+        """Call `attempt(number)` until it succeeds, raises something final, or the retry policy runs out."""
+        policy = self.retry
+        number = 0
+
+        async def numbered() -> R:
+            nonlocal number
+            number += 1
+            return await attempt(number)
+
+        def wait(state: RetryCallState) -> float:
+            failure = state.outcome.exception() if state.outcome else None
+            if isinstance(failure, _Retryable) and failure.from_cache:
+                return 0.0
+            ceiling = min(policy.max_backoff, policy.initial_backoff * 2 ** (state.attempt_number - 1))
+            return random.uniform(0, ceiling)
+
+        def before_sleep(state: RetryCallState) -> None:
+            # Counted here, not in `wait`: tenacity computes the wait before deciding to stop, so the last,
+            # given-up attempt would be counted as a retry that never happened.
+            self.stats.retries += 1
+            failure = state.outcome.exception() if state.outcome else None
+            logger.info(
+                'retrying s3://%s/%s after attempt %d: %s',
+                self.bucket,
+                self.key,
+                state.attempt_number,
+                failure,
+                extra=self._log_extra(),
+            )
+
+        def give_up(state: RetryCallState) -> R:
+            failure = state.outcome.exception() if state.outcome else None
+            elapsed = state.seconds_since_start or 0.0
+            logger.warning(
+                'giving up on s3://%s/%s after %d attempt(s): %s',
+                self.bucket,
+                self.key,
+                state.attempt_number,
+                failure,
+                extra=self._log_extra(),
+            )
+            if isinstance(failure, _Retryable) and failure.unreachable:
+                raise EndpointUnreachableError(
+                    self.bucket, self.key, self.endpoint_url, state.attempt_number, str(failure)
+                )
+            raise RetriesExhaustedError(self.bucket, self.key, state.attempt_number, elapsed, str(failure))
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(policy.max_attempts) | stop_after_delay(policy.max_elapsed),
+            wait=wait,
+            before_sleep=before_sleep,
+            retry=retry_if_exception_type(_Retryable),
+            retry_error_callback=give_up,
+        )
+        return await retrying(numbered)
+
+    def _log_extra(self) -> dict[str, Any]:
+        return {'run_id': self.labels.get('run_id', ''), 'bucket': self.bucket, 'key': self.key}
+
+
+async def list_objects(
+    client: ClientSource, bucket: str, prefix: str, *, retry: RetryPolicy, stats: CasStats, page_size: int = 1000
+) -> AsyncIterator[list[ObjectInfo]]:
+    """The objects under `prefix`, one listing page at a time (each page retried on its own)."""
+    scope = RequestScope(bucket, prefix, retry, stats)
+    token: str | None = None
+    while True:
+
+        async def page(attempt: int, token: str | None = token) -> Any:
+            s3 = await client()
+            scope.endpoint_url = s3.meta.endpoint_url
+            stats.lists += 1
+            with scope.request('ListObjectsV2', attempt):
+                try:
+                    if token is None:
+                        return await s3.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=page_size)
+                    return await s3.list_objects_v2(
+                        Bucket=bucket, Prefix=prefix, MaxKeys=page_size, ContinuationToken=token
+                    )
+                except (ClientError, BotoCoreError) as e:
+                    raise scope.classify(e, 'ListObjectsV2') from e
+
+        response = await scope.with_retries(page)
+        yield [
+            ObjectInfo(item['Key'], item['Size'], item['ETag'], item['LastModified'])
+            for item in response.get('Contents', [])
+        ]
+        token = response.get('NextContinuationToken')
+        if not response.get('IsTruncated') or token is None:
+            return
+
+
 @dataclass
 class CasObject(Generic[T]):
     """One S3 object updated only by compare-and-swap, with the last version seen kept as an ETag cache.
@@ -162,17 +363,28 @@ class CasObject(Generic[T]):
     content_type: str = 'application/json'
     max_object_bytes: int | None = 64 * 1024 * 1024
     stats: CasStats = field(default_factory=CasStats)
+    labels: Mapping[str, str] = field(default_factory=dict)
+    """Added to every span and log record of this object's requests (the persistence adds the run id)."""
     _version: _Version[T] | None = field(default=None, init=False, repr=False)
-    _endpoint_url: str = field(default='the S3 endpoint', init=False, repr=False)
+    _scope: RequestScope = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._scope = RequestScope(self.bucket, self.key, self.retry, self.stats, self.labels)
 
     async def load(self) -> T:
         """A fresh read of the current value (the empty value when the object does not exist)."""
+        value, _ = await self.load_versioned()
+        return value
 
-        async def read() -> T:
+    async def load_versioned(self) -> tuple[T, str | None]:
+        """A fresh read of the current value and its ETag (`None` when the object does not exist)."""
+
+        async def read(attempt: int) -> tuple[T, str | None]:
             # Decoded afresh and not cached: the caller owns (and may change) what it gets.
-            return self._decode(await self._get())
+            version = await self._get(attempt)
+            return self._decode(version), None if version is None else version.etag
 
-        return await self._with_retries(read)
+        return await self._scope.with_retries(read)
 
     async def update(self, change: Callable[[T], Change[T, R]], *, expect_missing: bool = False) -> R:
         """Apply `change` to the current value and write the result back atomically; return what it decided.
@@ -193,13 +405,13 @@ class CasObject(Generic[T]):
         unconfirmed: tuple[bytes, R] | None = None
         guess_missing = expect_missing
 
-        async def attempt() -> R:
+        async def attempt(number: int) -> R:
             nonlocal unconfirmed, guess_missing
             cached = self._version
             guessed, guess_missing = cached is None and guess_missing, False
             denied: AccessDeniedError | None = None
             try:
-                version = cached if cached is not None or guessed else await self._get()
+                version = cached if cached is not None or guessed else await self._get(number)
             except AccessDeniedError as e:
                 # S3 answers 403, not 404, for a missing key when the caller may not list the bucket (a ListBucket
                 # grant limited by an s3:prefix condition does that). Taking the object as missing can only lead to
@@ -227,7 +439,7 @@ class CasObject(Generic[T]):
             try:
                 # A conflict on a guess or a cached ETag only means we did not know the current version.
                 etag = version.etag if version is not None else None
-                await self._put(body, decided.value, etag, from_cache=cached is not None or guessed)
+                await self._put(number, body, decided.value, etag, from_cache=cached is not None or guessed)
             except _Retryable as e:
                 if denied is not None and e.conflict:
                     raise denied from e  # it exists, and we may not read it
@@ -236,20 +448,41 @@ class CasObject(Generic[T]):
                 raise
             return decided.result
 
-        return await self._with_retries(attempt)
+        return await self._scope.with_retries(attempt)
 
-    async def delete(self) -> None:
-        """Delete the object, unconditionally: for probes and clean-up, never part of a compare-and-swap."""
+    async def delete(self, etag: str) -> bool:
+        """Delete the object only if it still has `etag` (`DeleteObject(IfMatch=etag)`).
 
-        async def attempt() -> None:
-            client = await self._s3()
+        Returns `False` when the object was already gone. Raises `ObjectChangedError`, with nothing deleted,
+        when someone wrote it after it was read: unlike an update, a delete cannot be re-decided here.
+        """
+
+        async def attempt(number: int) -> bool:
+            s3 = await self._s3()
+            self.stats.deletes += 1
             self._version = None
-            try:
-                await client.delete_object(Bucket=self.bucket, Key=self.key)
-            except (ClientError, BotoCoreError) as e:
-                raise self._classify(e, 'DeleteObject', from_cache=False) from e
+            refused: ClientError | BotoCoreError | None = None
+            with self._scope.request('DeleteObject', number, etag) as request:
+                try:
+                    await s3.delete_object(Bucket=self.bucket, Key=self.key, IfMatch=etag)
+                except (ClientError, BotoCoreError) as e:
+                    code = _error_code(e)
+                    if code in {'NoSuchKey', '404'}:
+                        request.outcome = 'missing'
+                        return False
+                    if code not in {'PreconditionFailed', '412'}:
+                        raise self._scope.classify(e, 'DeleteObject') from e
+                    request.outcome = 'conflict'
+                    refused = e
+            if refused is None:
+                return True
+            # 412 is "changed since read" on AWS and moto, but SeaweedFS also answers it for a key that is gone.
+            if await self._get(number) is None:
+                return False
+            self.stats.conflicts += 1
+            raise ObjectChangedError(self.bucket, self.key, etag, 'DeleteObject') from refused
 
-        await self._with_retries(attempt)
+        return await self._scope.with_retries(attempt)
 
     def forget_cache(self) -> None:
         """Drop the cached version, so the next update starts with a GET."""
@@ -266,98 +499,55 @@ class CasObject(Generic[T]):
 
     async def _s3(self) -> S3Client:
         client = await self.client()
-        self._endpoint_url = client.meta.endpoint_url
+        self._scope.endpoint_url = client.meta.endpoint_url
         return client
 
-    async def _get(self) -> _Version[T] | None:
+    async def _get(self, attempt: int) -> _Version[T] | None:
         client = await self._s3()
         self.stats.gets += 1
-        try:
-            response = await client.get_object(Bucket=self.bucket, Key=self.key)
-            async with response['Body'] as stream:
-                size = response.get('ContentLength', 0)
-                if self.max_object_bytes is not None and size > self.max_object_bytes:
-                    raise ObjectTooLargeError(self.bucket, self.key, size, self.max_object_bytes)
-                body = await stream.read()
-        except (ClientError, BotoCoreError) as e:
-            if _error_code(e) in {'NoSuchKey', '404'}:
-                self._version = None
-                return None
-            raise self._classify(e, 'GetObject', from_cache=False) from e
+        with self._scope.request('GetObject', attempt) as request:
+            try:
+                response = await client.get_object(Bucket=self.bucket, Key=self.key)
+                async with response['Body'] as stream:
+                    size = response.get('ContentLength', 0)
+                    if self.max_object_bytes is not None and size > self.max_object_bytes:
+                        raise ObjectTooLargeError(self.bucket, self.key, size, self.max_object_bytes)
+                    body = await stream.read()
+            except (ClientError, BotoCoreError) as e:
+                if _error_code(e) in {'NoSuchKey', '404'}:
+                    request.outcome = 'missing'
+                    self._version = None
+                    return None
+                raise self._scope.classify(e, 'GetObject') from e
+            request.etag = response['ETag']
         self.stats.bytes_received += len(body)
         self._version = _Version(body, response['ETag'])
         return self._version
 
-    async def _put(self, body: bytes, value: T, etag: str | None, *, from_cache: bool) -> None:
+    async def _put(self, attempt: int, body: bytes, value: T, etag: str | None, *, from_cache: bool) -> None:
         client = await self._s3()
         self.stats.puts += 1
         self.stats.bytes_sent += len(body)
         # Whatever happens next, the cached version is no longer known to be current.
         self._version = None
-        try:
-            if etag is None:
-                response = await client.put_object(
-                    Bucket=self.bucket, Key=self.key, Body=body, ContentType=self.content_type, IfNoneMatch='*'
-                )
-            else:
-                response = await client.put_object(
-                    Bucket=self.bucket, Key=self.key, Body=body, ContentType=self.content_type, IfMatch=etag
-                )
-        except (ClientError, BotoCoreError) as e:
-            # IfMatch on a key that is gone: 404 on AWS and moto (412 elsewhere). Someone else changed it.
-            if etag is not None and _error_code(e) in {'NoSuchKey', '404'}:
-                self.stats.conflicts += 1
-                raise _Retryable('object deleted since it was read', conflict=True) from e
-            raise self._classify(e, 'PutObject', from_cache=from_cache) from e
+        with self._scope.request('PutObject', attempt, etag) as request:
+            try:
+                if etag is None:
+                    response = await client.put_object(
+                        Bucket=self.bucket, Key=self.key, Body=body, ContentType=self.content_type, IfNoneMatch='*'
+                    )
+                else:
+                    response = await client.put_object(
+                        Bucket=self.bucket, Key=self.key, Body=body, ContentType=self.content_type, IfMatch=etag
+                    )
+            except (ClientError, BotoCoreError) as e:
+                # IfMatch on a key that is gone: 404 on AWS and moto (412 elsewhere). Someone else changed it.
+                if etag is not None and _error_code(e) in {'NoSuchKey', '404'}:
+                    self.stats.conflicts += 1
+                    raise _Retryable('object deleted since it was read', conflict=True) from e
+                raise self._scope.classify(e, 'PutObject', from_cache=from_cache) from e
+            request.etag = response['ETag']
         self._version = _Version(body, response['ETag'], value)
-
-    def _classify(self, error: ClientError | BotoCoreError, operation: str, *, from_cache: bool) -> Exception:
-        """Turn a botocore error into `_Retryable` (try again) or a typed, final `S3PersistenceError`."""
-        code = _error_code(error)
-        if code in _CONFLICT_CODES:
-            self.stats.conflicts += 1
-            return _Retryable(f'{operation}: {code} (another writer won)', conflict=True, from_cache=from_cache)
-        if code in _TRANSIENT_CODES:
-            return _Retryable(f'{operation}: {code}')
-        if isinstance(error, BotoConnectionError):  # no connection at all: refused, DNS, connect timeout
-            return _Retryable(f'{operation}: {type(error).__name__}: {error}', unreachable=True)
-        if isinstance(error, HTTPClientError):  # connected, then a read timeout or a dropped connection
-            return _Retryable(f'{operation}: {type(error).__name__}: {error}')
-        if code == 'NoSuchBucket':
-            return BucketNotFoundError(self.bucket, self.key)
-        if code in {'AccessDenied', '403', 'AllAccessDisabled'}:
-            return AccessDeniedError(self.bucket, self.key, operation)
-        if code in _CREDENTIAL_CODES or isinstance(error, NoCredentialsError | PartialCredentialsError):
-            return CredentialsError(self.bucket, self.key, code or type(error).__name__)
-        return S3PersistenceError(self.bucket, self.key, f'{operation} failed: {error}')
-
-    async def _with_retries(self, attempt: Callable[[], Awaitable[R]]) -> R:
-        policy = self.retry
-
-        def wait(state: RetryCallState) -> float:
-            self.stats.retries += 1
-            failure = state.outcome.exception() if state.outcome else None
-            if isinstance(failure, _Retryable) and failure.from_cache:
-                return 0.0
-            ceiling = min(policy.max_backoff, policy.initial_backoff * 2 ** (state.attempt_number - 1))
-            return random.uniform(0, ceiling)
-
-        def give_up(state: RetryCallState) -> R:
-            failure = state.outcome.exception() if state.outcome else None
-            elapsed = state.seconds_since_start or 0.0
-            if isinstance(failure, _Retryable) and failure.unreachable:
-                raise EndpointUnreachableError(
-                    self.bucket, self.key, self._endpoint_url, state.attempt_number, str(failure)
-                )
-            raise RetriesExhaustedError(self.bucket, self.key, state.attempt_number, elapsed, str(failure))
-
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(policy.max_attempts) | stop_after_delay(policy.max_elapsed),
-            wait=wait,
-            retry=retry_if_exception_type(_Retryable),
-            retry_error_callback=give_up,
-        )
-        return await retrying(attempt)
 
 
 def _error_code(error: ClientError | BotoCoreError) -> str:

@@ -16,6 +16,9 @@ __all__ = (
     'CorruptObjectError',
     'ObjectTooLargeError',
     'RetriesExhaustedError',
+    'ObjectNotFoundError',
+    'ObjectExistsError',
+    'ObjectChangedError',
 )
 
 
@@ -126,6 +129,33 @@ class RetriesExhaustedError(S3PersistenceError):
             key,
             f'gave up after {attempts} attempt(s) in {elapsed:.1f}s; last error: {last_error}. Too many writers '
             'are contending for this run, or S3 is throttling: retry later, or raise max_attempts/max_elapsed.',
+        )
+
+
+class ObjectNotFoundError(S3PersistenceError):
+    """The object does not exist: an unknown run, or one deleted meanwhile."""
+
+    def __init__(self, bucket: str, key: str) -> None:
+        super().__init__(bucket, key, 'no such object. Check the run id, the bucket and the prefix.')
+
+
+class ObjectExistsError(S3PersistenceError):
+    """A create-only write found the object already there; nothing was overwritten."""
+
+    def __init__(self, bucket: str, key: str) -> None:
+        super().__init__(bucket, key, 'object already exists and was left untouched. Use another run id.')
+
+
+class ObjectChangedError(S3PersistenceError):
+    """The object no longer has the ETag a conditional request named: someone wrote it meanwhile."""
+
+    def __init__(self, bucket: str, key: str, etag: str, operation: str) -> None:
+        self.etag = etag
+        super().__init__(
+            bucket,
+            key,
+            f'object changed since it was read (it no longer has ETag {etag}), so {operation} did nothing. '
+            'Read it again and decide again: a worker may be advancing this run.',
         )
 
 

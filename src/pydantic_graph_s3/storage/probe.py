@@ -102,4 +102,7 @@ async def _probe(client: S3Client, bucket: str, prefix: str, retry: RetryPolicy)
         if await first.update(_overwrite(b'fourth')) != b'third':
             raise ConditionalWritesUnsupportedError(bucket, key, endpoint, 'If-Match')
     finally:
-        await first.delete()
+        # Nobody else writes the probe, so deleting the version it has now cannot be refused.
+        _, etag = await first.load_versioned()
+        if etag is not None:
+            await first.delete(etag)

@@ -1,0 +1,422 @@
+"""Operating runs: list, inspect, export, import, delete and prune the runs stored under one prefix.
+
+Everything here works without the graph's code: a run is read as raw JSON (node ids, statuses, times), and
+the graph is only needed to decode its nodes and state with their types. Writes go through the storage
+layer's conditional requests, so an operator's command never overwrites a run or deletes one that a worker
+advanced after the operator looked at it.
+"""
+
+from __future__ import annotations as _annotations
+
+import os
+import tempfile
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import aioboto3
+import anyio
+import anyio.to_thread
+import pydantic_core
+from pydantic_graph.graph import Graph
+from pydantic_graph.persistence import EndSnapshot, NodeSnapshot, Snapshot
+
+from .persistence import S3StatePersistence, decode_snapshot_list, run_object_key, validate_run_id
+from .storage import (
+    CasObject,
+    CasStats,
+    Change,
+    ClientSettings,
+    CorruptObjectError,
+    ObjectChangedError,
+    ObjectExistsError,
+    ObjectInfo,
+    ObjectNotFoundError,
+    ObjectTooLargeError,
+    RetryPolicy,
+    list_objects,
+    shared_client,
+)
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
+
+__all__ = ('RunStore', 'RunSummary', 'RunHistory', 'SnapshotRow', 'PruneOutcome')
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One run as a listing shows it; the decoded fields are `None` when it was not read (or not readable)."""
+
+    run_id: str
+    key: str
+    size: int
+    last_modified: datetime
+    etag: str
+    """The ETag of the version summarised: `delete_run` deletes only that version."""
+    snapshots: int | None = None
+    last_status: str | None = None
+    """The status of the last snapshot (`created`, `pending`, `running`, `success`, `error`), or `end`."""
+    ended: bool | None = None
+    """Whether the last snapshot is an end snapshot."""
+    problem: str | None = None
+    """Why the object could not be decoded as a snapshot list, if it could not."""
+
+
+@dataclass(frozen=True)
+class SnapshotRow:
+    """One snapshot, in JSON-ready values: the same fields with or without the graph's types."""
+
+    id: str
+    kind: str
+    node: str | None
+    """The node id (`None` for the end snapshot)."""
+    status: str
+    """The node snapshot's status, or `end`."""
+    start: datetime | None
+    """When the node started running (for the end snapshot: when the run ended)."""
+    duration: float | None
+    state: Any
+    result: Any = None
+    """The run's result (end snapshot only)."""
+
+
+@dataclass(frozen=True)
+class RunHistory:
+    run_id: str
+    key: str
+    etag: str
+    snapshots: list[SnapshotRow]
+    decoded_with: str | None = None
+    """The graph whose types decoded the run, or `None` for raw JSON."""
+
+    @property
+    def ended(self) -> bool:
+        return bool(self.snapshots) and self.snapshots[-1].kind == 'end'
+
+    @property
+    def result(self) -> Any:
+        return self.snapshots[-1].result if self.ended else None
+
+
+@dataclass(frozen=True)
+class PruneOutcome:
+    run: RunSummary
+    deleted: bool
+    """Whether the run was deleted (always `False` on a dry run)."""
+    reason: str
+    """Why it was, would be, or was not deleted."""
+
+
+class _Raw:
+    """The stored bytes as they are (`None`: no object), for reading and create-only writing."""
+
+    def decode(self, body: bytes) -> bytes | None:
+        return body
+
+    def encode(self, value: bytes | None) -> bytes:
+        assert value is not None, 'a change never writes the empty value'
+        return value
+
+    def empty(self) -> bytes | None:
+        return None
+
+
+@dataclass
+class RunStore:
+    """The runs stored under `s3://{bucket}/{prefix}`, for operators: the library side of the CLI's `runs`.
+
+    Options are those of `S3StatePersistence`; `stats` counts the requests of the store itself (the
+    persistences it hands out count their own).
+    """
+
+    bucket: str
+    prefix: str = ''
+    client: S3Client | None = field(default=None, repr=False)
+    session: aioboto3.Session | None = field(default=None, repr=False)
+    client_settings: ClientSettings = field(default_factory=ClientSettings)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    max_object_bytes: int | None = 64 * 1024 * 1024
+    read_concurrency: int = 16
+    """How many runs a decoding listing reads at once."""
+    page_size: int = 1000
+    """Keys per listing request (S3 returns at most 1000)."""
+    stats: CasStats = field(default_factory=CasStats)
+
+    def __post_init__(self) -> None:
+        if not self.bucket:
+            raise ValueError('bucket must be a non-empty bucket name')
+
+    def persistence(self, run_id: str, graph: Graph[Any, Any, Any] | None = None) -> S3StatePersistence[Any, Any]:
+        """The `S3StatePersistence` of run `run_id`, with `graph`'s types set when given."""
+        persistence: S3StatePersistence[Any, Any] = S3StatePersistence.for_run(
+            run_id,
+            bucket=self.bucket,
+            prefix=self.prefix,
+            client=self.client,
+            session=self.session,
+            client_settings=self.client_settings,
+            retry=self.retry,
+            max_object_bytes=self.max_object_bytes,
+        )
+        if graph is not None:
+            persistence.set_graph_types(graph)
+        return persistence
+
+    async def list_runs(self, *, decode: bool = True) -> AsyncIterator[RunSummary]:
+        """Every run under the prefix, a listing page at a time (objects whose key is not a run's are skipped).
+
+        With `decode`, each run is also read (one GET, `read_concurrency` at once) to count its snapshots and
+        tell its last status; a run that does not decode is still yielded, with `problem` saying why.
+        """
+        async for page in list_objects(
+            self._client, self.bucket, self.prefix, retry=self.retry, stats=self.stats, page_size=self.page_size
+        ):
+            infos = [(run_id, info) for info in page if (run_id := self._run_id_of(info.key)) is not None]
+            if not decode:
+                for run_id, info in infos:
+                    yield RunSummary(run_id, info.key, info.size, info.last_modified, info.etag)
+                continue
+            for summary in await self._read_all(infos):
+                if summary is not None:
+                    yield summary
+
+    async def get_run(self, run_id: str) -> RunSummary:
+        """The summary of one run, read now. Raises `ObjectNotFoundError` for an unknown run."""
+        key = run_object_key(self.prefix, run_id)
+        async for page in list_objects(self._client, self.bucket, key, retry=self.retry, stats=self.stats):
+            for info in page:
+                if info.key == key and (summary := await self._summarize(run_id, info)) is not None:
+                    return summary
+        raise ObjectNotFoundError(self.bucket, key)
+
+    async def history(self, run_id: str, graph: Graph[Any, Any, Any] | None = None) -> RunHistory:
+        """Every snapshot of a run: raw JSON, or decoded with `graph`'s types (which also checks it is that graph's).
+
+        Raises `ObjectNotFoundError` for an unknown run and `CorruptObjectError` for one that does not decode.
+        """
+        key = run_object_key(self.prefix, run_id)
+        body, etag = await self._read(key)
+        try:
+            if graph is None:
+                rows = _raw_rows(body)
+            else:
+                rows = [_typed_row(snapshot) for snapshot in decode_snapshot_list(body, graph)]
+        except ValueError as e:
+            raise CorruptObjectError(self.bucket, key, str(e).splitlines()[0]) from e
+        return RunHistory(run_id, key, etag, rows, None if graph is None else graph.name or type(graph).__name__)
+
+    async def delete_run(self, run_id: str, *, etag: str) -> None:
+        """Delete a run, only if it is still the version with `etag` (from `get_run` or `list_runs`).
+
+        Raises `ObjectChangedError` when it was written since (a worker advanced it), and `ObjectNotFoundError`
+        when it is gone; either way nothing was deleted by this call.
+        """
+        key = run_object_key(self.prefix, run_id)
+        if not await self._object(key).delete(etag):
+            raise ObjectNotFoundError(self.bucket, key)
+
+    async def export_run(self, run_id: str, path: str | os.PathLike[str], *, overwrite: bool = False) -> RunSummary:
+        """Write the run to `path` as the file `FileStatePersistence(path)` reads (the stored bytes, unchanged).
+
+        Refuses (`FileExistsError`) to replace an existing file unless `overwrite`; the file appears whole or
+        not at all.
+        """
+        summary = await self.get_run(run_id)
+        body, _ = await self._read(summary.key)
+        await anyio.to_thread.run_sync(_write_file, Path(path), body, overwrite)
+        return summary
+
+    async def import_run(
+        self, path: str | os.PathLike[str], run_id: str, graph: Graph[Any, Any, Any] | None = None
+    ) -> RunSummary:
+        """Store a `FileStatePersistence` file as run `run_id`, never overwriting an existing run.
+
+        The file must be a snapshot list (of `graph`, when given). Raises `ObjectExistsError` when the run
+        exists, even if it was created while this call ran (the write is `IfNoneMatch='*'`).
+        """
+        key = run_object_key(self.prefix, run_id)
+        body = await anyio.Path(path).read_bytes()
+        try:
+            if graph is None:
+                _raw_rows(body)
+            else:
+                decode_snapshot_list(body, graph)
+        except ValueError as e:
+            raise ValueError(f'{path} is not a pydantic-graph snapshot list: {str(e).splitlines()[0]}') from e
+
+        def create(current: bytes | None) -> Change[bytes | None, None]:
+            if current is not None:
+                raise ObjectExistsError(self.bucket, key)
+            return Change(body, None)
+
+        await self._object(key).update(create)
+        return await self.get_run(run_id)
+
+    async def prune(self, *, ended_before: datetime, dry_run: bool = False) -> AsyncIterator[PruneOutcome]:
+        """Delete the ended runs last written before `ended_before`, yielding what happened to every run.
+
+        Only runs whose last snapshot is an end snapshot qualify. Each delete is conditional on the version
+        read, so a run written meanwhile is kept. With `dry_run`, nothing is deleted.
+        """
+        if ended_before.tzinfo is None:
+            raise ValueError('ended_before must be timezone-aware (e.g. datetime(..., tzinfo=UTC))')
+        async for run in self.list_runs(decode=True):
+            if not run.ended:
+                yield PruneOutcome(run, False, run.problem or f'not ended (last status: {run.last_status})')
+            elif run.last_modified >= ended_before:
+                yield PruneOutcome(run, False, 'ended too recently')
+            elif dry_run:
+                yield PruneOutcome(run, False, 'would delete (dry run)')
+            else:
+                yield await self._prune_one(run)
+
+    async def _prune_one(self, run: RunSummary) -> PruneOutcome:
+        try:
+            await self.delete_run(run.run_id, etag=run.etag)
+        except ObjectChangedError:
+            return PruneOutcome(run, False, 'written since it was read: kept')
+        except ObjectNotFoundError:
+            return PruneOutcome(run, False, 'already deleted')
+        return PruneOutcome(run, True, 'deleted')
+
+    def _run_id_of(self, key: str) -> str | None:
+        name = key[len(self.prefix) :]
+        if not name.endswith('.json'):
+            return None
+        try:
+            return validate_run_id(name.removesuffix('.json'))
+        except ValueError:
+            return None  # a nested prefix, or an object that is not a run
+
+    async def _read_all(self, infos: Sequence[tuple[str, ObjectInfo]]) -> list[RunSummary | None]:
+        summaries: list[RunSummary | None] = [None] * len(infos)
+        limiter = anyio.CapacityLimiter(self.read_concurrency)
+
+        async def read(index: int, run_id: str, info: ObjectInfo) -> None:
+            async with limiter:
+                summaries[index] = await self._summarize(run_id, info)
+
+        async with anyio.create_task_group() as group:
+            for index, (run_id, info) in enumerate(infos):
+                group.start_soon(read, index, run_id, info)
+        return summaries
+
+    async def _summarize(self, run_id: str, info: ObjectInfo) -> RunSummary | None:
+        """The run read now (`None` if it was deleted since it was listed)."""
+        try:
+            body, etag = await self._read(info.key)
+        except ObjectNotFoundError:
+            return None
+        except ObjectTooLargeError as e:
+            return RunSummary(run_id, info.key, info.size, info.last_modified, info.etag, problem=str(e))
+        try:
+            rows = _raw_rows(body)
+        except ValueError as e:
+            return RunSummary(run_id, info.key, len(body), info.last_modified, etag, problem=str(e))
+        last = rows[-1] if rows else None
+        return RunSummary(
+            run_id,
+            info.key,
+            len(body),
+            info.last_modified,
+            etag,
+            snapshots=len(rows),
+            last_status=None if last is None else last.status,
+            ended=last is not None and last.kind == 'end',
+        )
+
+    async def _read(self, key: str) -> tuple[bytes, str]:
+        body, etag = await self._object(key).load_versioned()
+        if body is None or etag is None:
+            raise ObjectNotFoundError(self.bucket, key)
+        return body, etag
+
+    def _object(self, key: str) -> CasObject[bytes | None]:
+        return CasObject(
+            bucket=self.bucket,
+            key=key,
+            codec=_Raw(),
+            client=self._client,
+            retry=self.retry,
+            max_object_bytes=self.max_object_bytes,
+            stats=self.stats,
+            labels={'run_id': self._run_id_of(key) or ''},
+        )
+
+    async def _client(self) -> S3Client:
+        if self.client is not None:
+            return self.client
+        return await shared_client(self.session, self.client_settings)
+
+
+def _raw_rows(body: bytes) -> list[SnapshotRow]:
+    """The snapshots of a stored run as plain JSON, checked only for the shape every snapshot list has."""
+    try:
+        items = pydantic_core.from_json(body)
+    except ValueError as e:
+        raise ValueError(f'not JSON: {e}') from e
+    if not isinstance(items, list):
+        raise ValueError(f'not a snapshot list: the top level is a {type(items).__name__}')
+    return [_raw_row(index, item) for index, item in enumerate(items)]
+
+
+def _raw_row(index: int, item: Any) -> SnapshotRow:
+    kind = item.get('kind') if isinstance(item, dict) else None
+    if kind == 'node' and isinstance(item.get('node'), dict):
+        return SnapshotRow(
+            id=str(item.get('id')),
+            kind='node',
+            node=str(item['node'].get('node_id')),
+            status=str(item.get('status')),
+            start=_timestamp(item.get('start_ts')),
+            duration=item.get('duration'),
+            state=item.get('state'),
+        )
+    if kind == 'end' and isinstance(item.get('result'), dict):
+        return SnapshotRow(
+            id=str(item.get('id')),
+            kind='end',
+            node=None,
+            status='end',
+            start=_timestamp(item.get('ts')),
+            duration=None,
+            state=item.get('state'),
+            result=item['result'].get('data'),
+        )
+    raise ValueError(f'snapshot {index} is not a node or end snapshot')
+
+
+def _typed_row(snapshot: Snapshot[Any, Any]) -> SnapshotRow:
+    state = pydantic_core.to_jsonable_python(snapshot.state)
+    if isinstance(snapshot, NodeSnapshot):
+        node = snapshot.node.get_node_id()
+        return SnapshotRow(snapshot.id, 'node', node, snapshot.status, snapshot.start_ts, snapshot.duration, state)
+    assert isinstance(snapshot, EndSnapshot)
+    result = pydantic_core.to_jsonable_python(snapshot.result.data)
+    return SnapshotRow(snapshot.id, 'end', None, 'end', snapshot.ts, None, state, result)
+
+
+def _timestamp(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def _write_file(path: Path, body: bytes, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise FileExistsError(f'{path} exists: choose another path, or overwrite it')
+    # Written beside the target and renamed over it, so a reader never sees half a file.
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f'.{path.name}.', delete=False) as temporary:
+        temporary.write(body)
+    try:
+        os.replace(temporary.name, path)
+    except BaseException:
+        os.unlink(temporary.name)
+        raise

@@ -1,0 +1,226 @@
+"""The `pydantic-graph-s3` command as a user runs it: a subprocess against the loopback S3, exit codes included."""
+
+from __future__ import annotations as _annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from pydantic_graph.persistence.file import FileStatePersistence
+
+import pydantic_graph_s3
+from pydantic_graph_s3.cli import ExitCode
+from pydantic_graph_s3.examples.count_down import CountDown, CountDownState, count_down_graph
+
+from .conftest import S3Bucket
+
+pytestmark = pytest.mark.anyio
+
+COMMAND = str(Path(sys.executable).parent / 'pydantic-graph-s3')
+GRAPH = 'pydantic_graph_s3.examples.count_down:count_down_graph'
+
+
+@dataclass
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+
+def user_env(s3: S3Bucket, **overrides: str) -> dict[str, str]:
+    """A user's environment: the worker's variables, AWS pointed at moto, no profile, no instance metadata."""
+    env = {
+        'PATH': os.environ.get('PATH', ''),
+        'HOME': os.environ.get('HOME', '/tmp'),
+        'COLUMNS': '200',
+        'AWS_ENDPOINT_URL_S3': s3.endpoint.url,
+        'AWS_ACCESS_KEY_ID': s3.endpoint.access_key,
+        'AWS_SECRET_ACCESS_KEY': s3.endpoint.secret_key,
+        'AWS_DEFAULT_REGION': s3.endpoint.region,
+        'AWS_CONFIG_FILE': os.devnull,
+        'AWS_SHARED_CREDENTIALS_FILE': os.devnull,
+        'AWS_EC2_METADATA_DISABLED': 'true',
+        'PYDANTIC_GRAPH_S3_BUCKET': s3.bucket,
+        'PYDANTIC_GRAPH_S3_PREFIX': 'runs/',
+        **overrides,
+    }
+    return {name: value for name, value in env.items() if value != ''}
+
+
+async def cli(s3: S3Bucket, *args: str, cwd: Path | None = None, **env: str) -> Result:
+    done = await anyio.run_process([COMMAND, *args], env=user_env(s3, **env), check=False, cwd=cwd)
+    result = Result(done.returncode, done.stdout.decode(), done.stderr.decode())
+    assert 'Traceback' not in result.stderr, result.stderr
+    return result
+
+
+async def ended_run(s3: S3Bucket, run_id: str, counter: int = 2) -> None:
+    await count_down_graph.run(CountDown(), state=CountDownState(counter), persistence=s3.persistence(run_id))
+
+
+async def unfinished_run(s3: S3Bucket, run_id: str) -> None:
+    await count_down_graph.initialize(CountDown(), state=CountDownState(3), persistence=s3.persistence(run_id))
+
+
+async def test_list_shows_every_run_with_its_status(s3: S3Bucket) -> None:
+    await ended_run(s3, 'done')
+    await unfinished_run(s3, 'waiting')
+    await s3.put('runs/junk.json', b'{"not": "a list"}')
+    await s3.put('runs/nested/other.json', b'[]')
+
+    listed = await cli(s3, 'runs', 'list', '--json')
+    assert listed.code == 0, listed.stderr
+    runs = {run['run_id']: run for run in listed.json()}
+    assert set(runs) == {'done', 'waiting', 'junk'}
+    assert (runs['done']['snapshots'], runs['done']['last_status'], runs['done']['ended']) == (4, 'end', True)
+    assert (runs['waiting']['snapshots'], runs['waiting']['last_status'], runs['waiting']['ended']) == (
+        1,
+        'created',
+        False,
+    )
+    assert 'not a snapshot list' in runs['junk']['problem']
+    _, etag, _ = await s3.get('runs/done.json')
+    assert runs['done']['etag'] == etag
+
+    table = await cli(s3, 'runs', 'list')
+    assert table.code == 0
+    assert all(name in table.stdout for name in ('done', 'waiting', 'junk', 'last status'))
+
+    # The options win over the environment.
+    other = await cli(s3, 'runs', 'list', '--json', '--prefix', 'runs/nested/')
+    assert [run['run_id'] for run in other.json()] == ['other']
+
+
+async def test_show_raw_and_decoded(s3: S3Bucket) -> None:
+    await ended_run(s3, 'done', counter=1)
+
+    raw = await cli(s3, 'runs', 'show', 'done')
+    assert raw.code == 0, raw.stderr
+    assert 'raw JSON' in raw.stdout
+    assert raw.stdout.count('CountDown') >= 2 and 'success' in raw.stdout
+    assert 'result: 0' in raw.stdout
+
+    decoded = await cli(s3, 'runs', 'show', 'done', '--graph', GRAPH, '--json')
+    assert decoded.code == 0, decoded.stderr
+    history = decoded.json()
+    assert (history['ended'], history['result'], history['decoded_with']) == (True, 0, GRAPH)
+    assert [s['state']['counter'] for s in history['snapshots']] == [1, 0, 0]
+    assert [s['status'] for s in history['snapshots']] == ['success', 'success', 'end']
+    assert all(s['start'] is not None for s in history['snapshots'])
+    assert history['snapshots'][0]['duration'] >= 0
+
+
+async def test_user_mistakes_exit_with_a_message_and_a_code(s3: S3Bucket, tmp_path: Path) -> None:
+    await s3.put('runs/corrupt.json', b'[{"kind": "node", "node": {"node_id": "Nope"}, "status": "created"}]')
+    cases: list[tuple[list[str], dict[str, str], int, str]] = [
+        (['runs', 'show', 'nope'], {}, ExitCode.NOT_FOUND, 'no such object'),
+        (['runs', 'list', '--bucket', f'{s3.bucket}-missing'], {}, ExitCode.NOT_FOUND, 'does not exist'),
+        (['runs', 'list'], {'AWS_ACCESS_KEY_ID': '', 'AWS_SECRET_ACCESS_KEY': ''}, ExitCode.ACCESS, 'credentials'),
+        (['runs', 'show', 'a/b'], {}, ExitCode.USAGE, 'invalid run id'),
+        (['runs', 'show', 'x', '--graph', 'no_such_module:graph'], {}, ExitCode.USAGE, 'cannot load'),
+        (['runs', 'show', 'x', '--graph', 'pydantic_graph_s3:RunStore'], {}, ExitCode.USAGE, 'not a pydantic_graph'),
+        (['runs', 'show', 'corrupt', '--graph', GRAPH], {}, ExitCode.S3_ERROR, 'not a valid snapshot list'),
+        (['runs', 'list'], {'PYDANTIC_GRAPH_S3_BUCKET': ''}, ExitCode.USAGE, "Missing option '--bucket'"),
+        (['runs', 'prune', '--ended-before', 'last week'], {}, ExitCode.USAGE, 'not an ISO date'),
+        (['demo', '--bucket', f'{s3.bucket}-missing'], {}, ExitCode.NOT_FOUND, 'does not exist'),
+    ]
+    for args, env, code, message in cases:
+        result = await cli(s3, *args, cwd=tmp_path, **env)
+        assert (result.code, message in result.stderr) == (code, True), (args, result.stderr)
+
+
+async def test_export_then_import_round_trips_through_a_file(s3: S3Bucket, tmp_path: Path) -> None:
+    await ended_run(s3, 'done')
+    path = tmp_path / 'done.json'
+
+    exported = await cli(s3, 'runs', 'export', 'done', str(path))
+    assert exported.code == 0, exported.stderr
+    body, _, _ = await s3.get('runs/done.json')
+    assert path.read_bytes() == body
+    file_persistence = FileStatePersistence[CountDownState, int](path)
+    file_persistence.set_graph_types(count_down_graph)
+    assert [s.state.counter for s in await file_persistence.load_all()] == [2, 1, 0, 0]
+
+    again = await cli(s3, 'runs', 'export', 'done', str(path))
+    assert (again.code, 'exists' in again.stderr) == (ExitCode.CONFLICT, True)
+    assert (await cli(s3, 'runs', 'export', 'done', str(path), '--overwrite')).code == 0
+
+    imported = await cli(s3, 'runs', 'import', str(path), 'copy', '--graph', GRAPH)
+    assert imported.code == 0, imported.stderr
+    assert (await s3.get('runs/copy.json'))[0] == body
+
+    await unfinished_run(s3, 'busy')
+    before = await s3.get('runs/busy.json')
+    refused = await cli(s3, 'runs', 'import', str(path), 'busy')
+    assert (refused.code, 'already exists' in refused.stderr) == (ExitCode.CONFLICT, True)
+    assert await s3.get('runs/busy.json') == before
+
+    (tmp_path / 'bad.json').write_text('{"not": "a list"}')
+    bad = await cli(s3, 'runs', 'import', str(tmp_path / 'bad.json'), 'bad')
+    assert (bad.code, 'not a pydantic-graph snapshot list' in bad.stderr) == (ExitCode.USAGE, True)
+
+
+async def test_delete_is_conditional_and_confirmed(s3: S3Bucket) -> None:
+    await unfinished_run(s3, 'busy')
+    _, etag, _ = await s3.get('runs/busy.json')
+    # A worker advances the run after the operator listed it: the ETag they saw no longer matches.
+    async with count_down_graph.iter_from_persistence(s3.persistence('busy')) as run:
+        await run.next()
+    stale = await cli(s3, 'runs', 'delete', 'busy', '--etag', etag, '--yes')
+    assert (stale.code, 'changed since it was read' in stale.stderr) == (ExitCode.CONFLICT, True)
+    await s3.get('runs/busy.json')  # still there
+
+    unconfirmed = await cli(s3, 'runs', 'delete', 'busy')  # no terminal to say yes: aborted
+    assert unconfirmed.code == 1
+    assert 'NOT ended' in unconfirmed.stderr
+    await s3.get('runs/busy.json')
+
+    deleted = await cli(s3, 'runs', 'delete', 'busy', '--yes')
+    assert deleted.code == 0, deleted.stderr
+    assert (await cli(s3, 'runs', 'list', '--json')).json() == []
+    gone = await cli(s3, 'runs', 'delete', 'busy', '--yes')
+    assert gone.code == ExitCode.NOT_FOUND
+
+
+async def test_prune_deletes_only_ended_runs_before_the_date(s3: S3Bucket) -> None:
+    await ended_run(s3, 'old-1')
+    await ended_run(s3, 'old-2')
+    await unfinished_run(s3, 'busy')
+
+    past = await cli(s3, 'runs', 'prune', '--ended-before', '2000-01-01', '--json')
+    assert past.code == 0
+    assert [o['deleted'] for o in past.json()] == [False, False, False]
+
+    dry = await cli(s3, 'runs', 'prune', '--ended-before', '2999-01-01', '--dry-run')
+    assert dry.code == 0
+    assert 'would delete: 2 of 3 runs' in dry.stdout
+    assert len((await cli(s3, 'runs', 'list', '--json')).json()) == 3
+
+    pruned = await cli(s3, 'runs', 'prune', '--ended-before', '2999-01-01T00:00:00+00:00', '--json')
+    assert pruned.code == 0
+    outcomes = {o['run']['run_id']: (o['deleted'], o['reason']) for o in pruned.json()}
+    assert outcomes == {
+        'old-1': (True, 'deleted'),
+        'old-2': (True, 'deleted'),
+        'busy': (False, 'not ended (last status: created)'),
+    }
+    assert [run['run_id'] for run in (await cli(s3, 'runs', 'list', '--json')).json()] == ['busy']
+
+
+@pytest.mark.skipif(
+    hasattr(pydantic_graph_s3, 'recover_run') or hasattr(pydantic_graph_s3, 'verify_conditional_writes'),
+    reason='the API is present: its own tests cover these commands',
+)
+async def test_commands_needing_a_newer_api_say_so(s3: S3Bucket) -> None:
+    recover = await cli(s3, 'runs', 'recover', 'some-run')
+    assert (recover.code, 'not available in this version' in recover.stderr) == (ExitCode.NOT_AVAILABLE, True)
+    check = await cli(s3, 'check-endpoint')
+    assert (check.code, 'not available in this version' in check.stderr) == (ExitCode.NOT_AVAILABLE, True)
