@@ -21,7 +21,7 @@ from pydantic_graph.graph import Graph
 from pydantic_graph.persistence import EndSnapshot, NodeSnapshot
 from pydantic_graph.persistence.file import FileStatePersistence
 
-from pydantic_graph_s3 import ClaimLostError, S3PersistenceError, S3StatePersistence
+from pydantic_graph_s3 import ClaimLostError, S3PersistenceError, S3StatePersistence, recover_run
 from pydantic_graph_s3.examples.count_down import CountDown, CountDownState, count_down_graph
 from pydantic_graph_s3.serverless import GraphWorker
 
@@ -278,3 +278,30 @@ async def test_a_worker_whose_step_was_taken_over_answers_busy(s3: S3Bucket) -> 
     assert EXECUTIONS == [1, 1], 'the node ran twice (at least once), the step counts once'
     history = await worker(s3, 'taken', graph=pause_graph).load_all()
     assert [(s.state.counter, s.status) for s in history] == [(1, 'success'), (0, 'created')]
+
+
+# --- recover_run: an operator's immediate recovery ------------------------------------------------------------
+
+
+async def test_recover_run_makes_a_stuck_step_runnable_now_and_fences_its_old_worker(s3: S3Bucket) -> None:
+    snapshot_id = await started_run(s3, 'stuck')
+    old = worker(s3, 'stuck', reclaim_after=FRESH)
+    assert await old.load_next() is not None  # its worker is gone, and reclaim_after is far off
+    assert await recover_run(worker(s3, 'stuck')) == [snapshot_id]
+    assert await recover_run(worker(s3, 'stuck')) == [], 'nothing left to recover'
+
+    (snapshot,) = await worker(s3, 'stuck').load_all()
+    assert snapshot.status == 'created'
+    with pytest.raises(ClaimLostError):
+        async with old.record_run(snapshot_id):
+            pytest.fail('the old claim was revoked')
+    async with count_down_graph.iter_from_persistence(worker(s3, 'stuck')) as run:
+        assert await run.next() == CountDown()
+    record = await worker(s3, 'stuck').load_record()
+    assert record.claims[snapshot_id].attempt == 2, 'the recovered claim still counts'
+    assert [getattr(s, 'status', None) for s in record.snapshots] == ['success', 'created']
+
+
+async def test_recover_run_needs_the_graph_types(s3: S3Bucket) -> None:
+    with pytest.raises(ValueError, match="needs its graph's types"):
+        await recover_run(s3.persistence('untyped'))

@@ -6,6 +6,7 @@ from .persistence import (
     RunRecord,
     S3StatePersistence,
     decode_snapshot_list,
+    recover_run,
     run_object_key,
     validate_run_id,
 )
@@ -36,6 +37,7 @@ __all__ = (
     'Claim',
     'ClaimLostError',
     'RunRecord',
+    'recover_run',
     'verify_conditional_writes',
     'ConditionalWritesUnsupportedError',
     'decode_snapshot_list',

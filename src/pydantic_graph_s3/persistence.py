@@ -62,6 +62,7 @@ __all__ = (
     'Claim',
     'ClaimLostError',
     'RunRecord',
+    'recover_run',
     'run_object_key',
     'validate_run_id',
     'decode_snapshot_list',
@@ -377,6 +378,19 @@ class S3StatePersistence(BaseStatePersistence[StateT, RunEndT]):
         with self._traced('load_record'):
             return await self._cas().load()
 
+    async def recover(self) -> list[str]:
+        """Make a run whose worker died mid-step runnable again now, without waiting for `reclaim_after`.
+
+        Every node snapshot left `pending` or `running` goes back to `created`, and its claim gets a token that
+        nobody holds, so a worker that still held it after all is fenced (`ClaimLostError`) when it uses a claim;
+        its attempt count is kept. Returns the ids of the snapshots made runnable. For an operator who knows the
+        step's worker is gone: a worker without `reclaim_after` holds no token, and so cannot be fenced.
+        """
+        if self.should_set_types():
+            raise ValueError(f"{self.uri}: recovering a run needs its graph's types: pass the graph (--graph)")
+        with self._traced('recover'):
+            return await self._update(partial(_release_claims, _new_token(), datetime.now(tz=UTC)))
+
     def should_set_types(self) -> bool:
         """Whether types need to be set."""
         return self._codec is None
@@ -490,6 +504,11 @@ class S3StatePersistence(BaseStatePersistence[StateT, RunEndT]):
         return client
 
 
+async def recover_run(persistence: S3StatePersistence[Any, Any]) -> list[str]:
+    """`persistence.recover()`: what the `pydantic-graph-s3 runs recover` command calls."""
+    return await persistence.recover()
+
+
 def _detached(snapshot: S) -> S:
     """A copy sharing nothing with the caller, whose graph goes on changing its state and nodes in place.
 
@@ -555,7 +574,9 @@ def _claim_next(
     for index, snapshot in nodes:
         if snapshot.status == 'created':
             claimed = replace(snapshot, status='pending')
-            return Change(run.with_snapshot(index, claimed, Claim(token, now)), _detached(claimed))
+            released = run.claims.get(snapshot.id)  # by `recover`, which keeps the count
+            attempt = 1 if released is None else released.attempt + 1
+            return Change(run.with_snapshot(index, claimed, Claim(token, now, attempt)), _detached(claimed))
     for index, snapshot in nodes:
         claim = run.claims.get(snapshot.id)
         # Claims without a token (made by a worker without reclaim_after) cannot be fenced, so are never taken.
@@ -572,6 +593,18 @@ def _claim_next(
         next_claim = Claim(token, now, claim.attempt + 1)
         return Change(run.with_snapshot(index, reclaimed, next_claim), _detached(reclaimed))
     return Change(None, None)
+
+
+def _release_claims(token: str, now: datetime, run: RunRecord) -> Change[RunRecord, list[str]]:
+    """Every `pending` or `running` node snapshot back to `created`, under a claim token nobody holds."""
+    released: list[str] = []
+    for index, snapshot in enumerate(run.snapshots):
+        if isinstance(snapshot, NodeSnapshot) and snapshot.status in ('pending', 'running'):
+            claim = run.claims.get(snapshot.id)
+            revoked = Claim(token, now, attempt=0 if claim is None else claim.attempt)
+            run = run.with_snapshot(index, replace(snapshot, status='created', start_ts=None), revoked)
+            released.append(snapshot.id)
+    return Change(run if released else None, released)
 
 
 def _start_claimed_run(

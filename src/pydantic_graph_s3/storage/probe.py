@@ -36,15 +36,17 @@ async def verify_conditional_writes(
     session: aioboto3.Session | None = None,
     client_settings: ClientSettings | None = None,
     retry: RetryPolicy | None = None,
-) -> None:
+) -> str:
     """Prove on a probe object under `prefix` that the endpoint honours both conditions, then delete the probe.
 
-    Raises `ConditionalWritesUnsupportedError`, naming the endpoint and the ignored header, when it does not.
+    Returns the endpoint URL checked. Raises `ConditionalWritesUnsupportedError`, naming the endpoint and the
+    ignored header, when it does not.
     Uses `client`, or the shared client of `session` and `client_settings`. Needs s3:GetObject, s3:PutObject and
     s3:DeleteObject on the prefix.
     """
     s3 = client if client is not None else await shared_client(session, client_settings)
     await _probe(s3, bucket, prefix, retry or RetryPolicy())
+    return s3.meta.endpoint_url
 
 
 async def ensure_conditional_writes(client: S3Client, bucket: str, prefix: str, *, retry: RetryPolicy) -> None:
