@@ -354,6 +354,8 @@ class S3StatePersistence(BaseStatePersistence[StateT, RunEndT]):
             await self._append(snapshot)
 
     def record_run(self, snapshot_id: str) -> AbstractAsyncContextManager[None]:
+        """Record the node's run: `running` on entry, `error` if it raises, `success` on exit (with `reclaim_after`:
+        together with the successor snapshot that follows, see `_record_claimed_run`)."""
         if self.reclaim_after is None:
             return self._record_run(snapshot_id)
         return self._record_claimed_run(snapshot_id)
