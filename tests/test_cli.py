@@ -6,6 +6,7 @@ import json
 import os
 import sys
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -224,3 +225,22 @@ async def test_commands_needing_a_newer_api_say_so(s3: S3Bucket) -> None:
     assert (recover.code, 'not available in this version' in recover.stderr) == (ExitCode.NOT_AVAILABLE, True)
     check = await cli(s3, 'check-endpoint')
     assert (check.code, 'not available in this version' in check.stderr) == (ExitCode.NOT_AVAILABLE, True)
+
+
+async def test_recover_and_check_endpoint_commands(s3: S3Bucket) -> None:
+    await unfinished_run(s3, 'stuck')
+    claimed = s3.persistence('stuck', reclaim_after=timedelta(minutes=5))
+    claimed.set_graph_types(count_down_graph)
+    assert await claimed.load_next() is not None
+
+    recovered = await cli(s3, 'runs', 'recover', 'stuck', '--graph', GRAPH)
+    assert recovered.code == 0, recovered.stderr
+    assert 'recovered stuck: [' in recovered.stdout
+    (snapshot,) = await claimed.load_all()
+    assert getattr(snapshot, 'status', None) == 'created'
+    without_graph = await cli(s3, 'runs', 'recover', 'stuck')
+    assert (without_graph.code, "needs its graph's types" in without_graph.stderr) == (ExitCode.USAGE, True)
+
+    checked = await cli(s3, 'check-endpoint')
+    assert checked.code == 0, checked.stderr
+    assert f'conditional writes honoured at s3://{s3.bucket}/runs/: {s3.endpoint.url}' in checked.stdout

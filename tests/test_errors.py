@@ -4,14 +4,17 @@ from __future__ import annotations as _annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import ExitStack
 from typing import Any
 
 import pytest
 
 from pydantic_graph_s3 import (
+    AccessDeniedError,
     BucketNotFoundError,
     ClientSettings,
     CorruptObjectError,
+    CredentialsError,
     EndpointUnreachableError,
     ObjectTooLargeError,
     RetryPolicy,
@@ -20,6 +23,7 @@ from pydantic_graph_s3 import (
 from pydantic_graph_s3.examples.count_down import CountDown, CountDownState, count_down_graph
 
 from .conftest import S3Bucket
+from .support.fault_proxy import Fault, fault_proxy
 
 pytestmark = pytest.mark.anyio
 
@@ -115,3 +119,61 @@ def S3StatePersistence_for(s3: S3Bucket, bucket: str | None = None, **overrides:
     persistence = S3StatePersistence.for_run('r', bucket=bucket or s3.bucket, prefix='runs/', **s3.options(**overrides))
     persistence.set_graph_types(count_down_graph)
     return persistence
+
+
+# --- the bad input matrix: every row, every call, in one place ------------------------------------------------
+
+MATRIX: dict[str, tuple[type[S3PersistenceError], str]] = {
+    # row: (the typed error, what its message tells the reader to do)
+    'not json': (CorruptObjectError, 'It was left untouched: inspect it'),
+    'not a list': (CorruptObjectError, 'It was left untouched: inspect it'),
+    'unknown node id': (CorruptObjectError, 'It was left untouched: inspect it'),
+    'state fails validation': (CorruptObjectError, 'It was left untouched: inspect it'),
+    'over size limit': (ObjectTooLargeError, 'Raise max_object_bytes'),
+    'missing bucket': (BucketNotFoundError, 'Create it, or check the bucket name'),
+    'access denied': (AccessDeniedError, 'Grant s3:GetObject and s3:PutObject'),
+    'expired credential': (CredentialsError, 'Refresh or configure AWS credentials'),
+    'unreachable endpoint': (EndpointUnreachableError, 'Check the network'),
+}
+
+
+def _matrix_persistence(s3: S3Bucket, row: str, stack: ExitStack) -> Any:
+    """The persistence of run `r` that meets the row's bad input."""
+    if row == 'over size limit':
+        return S3StatePersistence_for(s3, max_object_bytes=len(GOOD) - 1)
+    if row == 'missing bucket':
+        return S3StatePersistence_for(s3, bucket=f'{s3.bucket}-missing')
+    if row == 'unreachable endpoint':
+        return S3StatePersistence_for(
+            s3,
+            client_settings=ClientSettings(endpoint_url='http://127.0.0.1:9', connect_timeout=0.5),
+            retry=RetryPolicy(max_attempts=2, max_elapsed=5, initial_backoff=0.01, max_backoff=0.02),
+        )
+    if row in ('access denied', 'expired credential'):
+        proxy = stack.enter_context(fault_proxy(s3.endpoint.url))
+        code = 'AccessDenied' if row == 'access denied' else 'ExpiredToken'
+        proxy.inject(Fault(status=403 if row == 'access denied' else 400, code=code, times=None))
+        return S3StatePersistence_for(s3, client_settings=ClientSettings(endpoint_url=proxy.url))
+    return S3StatePersistence_for(s3)
+
+
+@pytest.mark.parametrize('row', list(MATRIX))
+async def test_bad_input_matrix(s3: S3Bucket, row: str) -> None:
+    """Each row: every call raises the row's typed error naming s3://bucket/key and saying what to do, and the
+    run's object is byte-identical afterwards, ETag included."""
+    await s3.put('runs/r.json', CORRUPT_BODIES.get(row, GOOD))
+    before = await s3.get('runs/r.json')
+    error, advice = MATRIX[row]
+    with ExitStack() as stack:
+        persistence = _matrix_persistence(s3, row, stack)
+
+        async def record_run() -> None:
+            async with persistence.record_run('CountDown:1'):
+                pytest.fail('must not run')
+
+        for call in [*_calls(persistence), record_run]:
+            with pytest.raises(error) as caught:
+                await call()
+            assert str(caught.value).startswith(f's3://{persistence.bucket}/runs/r.json: ')
+            assert advice in str(caught.value)
+    assert await s3.get('runs/r.json') == before

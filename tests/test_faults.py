@@ -9,6 +9,7 @@ from __future__ import annotations as _annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import anyio
@@ -38,10 +39,12 @@ class Proxied:
     s3: S3Bucket
     proxy: FaultProxy
 
-    def persistence(self, retry: RetryPolicy = FAST_RETRY) -> S3StatePersistence[Any, Any]:
+    def persistence(self, retry: RetryPolicy = FAST_RETRY, **options: Any) -> S3StatePersistence[Any, Any]:
         """A persistence of run `faulty` whose requests all go through the proxy, with a short read timeout."""
         settings = ClientSettings(endpoint_url=self.proxy.url, read_timeout=1.0, connect_timeout=1.0)
-        persistence = self.s3.persistence('faulty', session=self.s3.session, client_settings=settings, retry=retry)
+        persistence = self.s3.persistence(
+            'faulty', session=self.s3.session, client_settings=settings, retry=retry, **options
+        )
         persistence.set_graph_types(count_down_graph)
         return persistence
 
@@ -104,6 +107,22 @@ async def test_a_write_that_landed_unseen_is_not_applied_twice(proxied: Proxied,
     assert first.status == 'success'
     assert isinstance(end, EndSnapshot)
     assert proxied.proxy.counters[f'forward+{Fault(**outcome).kind}'] == 2
+
+
+@pytest.mark.parametrize('outcome', [{'timeout': True}, {'drop': True}, {'status': 500}])
+async def test_claimed_writes_that_landed_unseen_are_recognised(proxied: Proxied, outcome: dict[str, Any]) -> None:
+    # With claims, each write of a step (claim, start, success with successor) lands but its answer is lost: each
+    # retry must find its own token or snapshot, not take its own claim for another worker's and give up.
+    await proxied.persistence().snapshot_node(CountDownState(1), CountDown())
+    proxied.proxy.inject(Fault(forward=True, method='PUT', times=3, **outcome))
+    persistence = proxied.persistence(reclaim_after=timedelta(seconds=60))
+    async with count_down_graph.iter_from_persistence(persistence) as run:
+        assert await run.next() == CountDown()
+
+    assert proxied.proxy.counters[f'forward+{Fault(**outcome).kind}'] == 3
+    record = await persistence.load_record()
+    assert [getattr(s, 'status', None) for s in record.snapshots] == ['success', 'created']
+    assert [c.attempt for c in record.claims.values()] == [1]
 
 
 async def test_unseen_append_is_not_duplicated_after_another_writer(proxied: Proxied) -> None:

@@ -1,12 +1,22 @@
 """pydantic-graph 1.x state persistence in Amazon S3, with compare-and-swap writes instead of lock files."""
 
-from .persistence import S3StatePersistence, decode_snapshot_list, run_object_key, validate_run_id
+from .persistence import (
+    Claim,
+    ClaimLostError,
+    RunRecord,
+    S3StatePersistence,
+    decode_snapshot_list,
+    recover_run,
+    run_object_key,
+    validate_run_id,
+)
 from .runs import PruneOutcome, RunHistory, RunStore, RunSummary, SnapshotRow
 from .storage import (
     AccessDeniedError,
     BucketNotFoundError,
     CasStats,
     ClientSettings,
+    ConditionalWritesUnsupportedError,
     CorruptObjectError,
     CredentialsError,
     EndpointUnreachableError,
@@ -17,12 +27,19 @@ from .storage import (
     RetriesExhaustedError,
     RetryPolicy,
     S3PersistenceError,
+    verify_conditional_writes,
 )
 
 __all__ = (
     'S3StatePersistence',
     'run_object_key',
     'validate_run_id',
+    'Claim',
+    'ClaimLostError',
+    'RunRecord',
+    'recover_run',
+    'verify_conditional_writes',
+    'ConditionalWritesUnsupportedError',
     'decode_snapshot_list',
     'RunStore',
     'RunSummary',

@@ -17,6 +17,7 @@ import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Annotated, Any, Generic, Literal, Protocol, TypeVar
 
 import pydantic
@@ -24,10 +25,10 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter
 from pydantic_graph import BaseNode, End
 from pydantic_graph.exceptions import GraphNodeStatusError, GraphRuntimeError
 from pydantic_graph.graph import Graph, GraphRun
-from pydantic_graph.persistence import EndSnapshot, Snapshot
+from pydantic_graph.persistence import EndSnapshot, NodeSnapshot, Snapshot
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .persistence import S3StatePersistence, validate_run_id
+from .persistence import ClaimLostError, S3StatePersistence, validate_run_id
 from .storage import S3PersistenceError
 
 __all__ = (
@@ -136,6 +137,9 @@ class WorkerSettings(BaseSettings):
     """`PYDANTIC_GRAPH_S3_PREFIX`: the key prefix of the runs."""
     max_steps: int | None = Field(default=None, ge=1)
     """`PYDANTIC_GRAPH_S3_MAX_STEPS`: most steps one `advance` runs (default: as many as time allows)."""
+    reclaim_after: float | None = Field(default=None, gt=0)
+    """`PYDANTIC_GRAPH_S3_RECLAIM_AFTER`: seconds after which a step whose worker died is taken over (see
+    `S3StatePersistence.reclaim_after`; default: never). A `reclaim_after` persistence option takes precedence."""
 
 
 class LambdaContext(Protocol):
@@ -225,8 +229,11 @@ class GraphWorker(Generic[StateT, DepsT, RunEndT]):
         if not bucket:
             raise ValueError('GraphWorker has no bucket: pass bucket= or set PYDANTIC_GRAPH_S3_BUCKET')
         prefix = settings.prefix if self._prefix is None else self._prefix
+        options = dict(self.persistence_options)
+        if 'reclaim_after' not in options and settings.reclaim_after is not None:
+            options['reclaim_after'] = timedelta(seconds=settings.reclaim_after)
         persistence: S3StatePersistence[StateT, RunEndT] = S3StatePersistence.for_run(
-            run_id, bucket=bucket, prefix=prefix, **self.persistence_options
+            run_id, bucket=bucket, prefix=prefix, **options
         )
         persistence.set_graph_types(self.graph)
         return persistence
@@ -253,7 +260,7 @@ class GraphWorker(Generic[StateT, DepsT, RunEndT]):
             raise ValueError(f'max_steps must be at least 1, got {limit}')
         persistence = self.persistence(run_id)
         if not self.budget.allows(deadline, first=True):
-            return run_status(run_id, await persistence.load_all())
+            return await _current_status(persistence, run_id)
         started = time.monotonic()
         entered = False
         try:
@@ -265,7 +272,7 @@ class GraphWorker(Generic[StateT, DepsT, RunEndT]):
                 raise
             # Nothing to claim (`load_next` found no `created` snapshot): the history says why. A `created` one
             # there now was written since by another worker, still advancing the run: that is `busy` too.
-            status = run_status(run_id, await persistence.load_all())
+            status = await _current_status(persistence, run_id)
             return status.model_copy(update={'status': 'busy'}) if status.status == 'running' else status
 
     async def _run_steps(
@@ -281,6 +288,10 @@ class GraphWorker(Generic[StateT, DepsT, RunEndT]):
         while True:
             try:
                 node = await run.next()
+            except ClaimLostError:
+                # This worker was taken for dead and its step given to another: that one has the run now.
+                status = await _current_status(persistence, run_id, steps=steps)
+                return status.model_copy(update={'status': 'busy'}) if status.status == 'running' else status
             except S3PersistenceError:
                 raise
             except Exception as e:
@@ -299,7 +310,7 @@ class GraphWorker(Generic[StateT, DepsT, RunEndT]):
     ) -> StepResult:
         # Only S3 tells whether the node itself failed (its snapshot is recorded `error`) or another worker
         # holds the step (`record_run` refused it); anything else is not a state of the run, so it is raised.
-        status = run_status(run_id, await persistence.load_all(), steps=steps)
+        status = await _current_status(persistence, run_id, steps=steps)
         if status.status == 'failed':
             return status.model_copy(update={'error': f'{type(error).__name__}: {error}'})
         if isinstance(error, GraphNodeStatusError):
@@ -419,6 +430,17 @@ def run_status(run_id: str, history: Sequence[Snapshot[Any, Any]], *, steps: int
         )
     # pending or running: another worker claimed it; success: its worker is writing the successor.
     return StepResult(run_id=run_id, status='busy', steps=steps, next_node=node_id)
+
+
+async def _current_status(persistence: S3StatePersistence[Any, Any], run_id: str, *, steps: int = 0) -> StepResult:
+    """`run_status` from S3, with the reason when the reclaim bound (`max_attempts`) failed the run."""
+    record = await persistence.load_record()
+    status = run_status(run_id, record.snapshots, steps=steps)
+    last = record.snapshots[-1]
+    claim = record.claims.get(last.id) if isinstance(last, NodeSnapshot) else None
+    if isinstance(last, NodeSnapshot) and claim is not None and claim.error is not None:
+        return status.model_copy(update={'error': f'node {last.node.get_node_id()} {claim.error}'})
+    return status
 
 
 def _is_sqs_record(record: object) -> bool:

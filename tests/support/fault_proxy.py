@@ -128,6 +128,7 @@ class FaultProxy:
     _faults: list[tuple[Fault, int | None]] = field(default_factory=list, repr=False)
     _random: _Random | None = field(default=None, repr=False)
     _log: list[Exchange] = field(default_factory=list, repr=False)
+    _stripped: frozenset[str] = field(default=frozenset(), repr=False)
 
     def inject(self, *faults: Fault) -> None:
         """Queue faults; each request takes the first matching one that has uses left."""
@@ -140,6 +141,12 @@ class FaultProxy:
         """
         with self._lock:
             self._random = _Random(rate, random.Random(seed), tuple(faults)) if rate > 0 else None
+
+    def strip_headers(self, *names: str) -> None:
+        """Drop these request headers before forwarding, e.g. `'If-Match'`: a store that ignores them. Only in
+        front of an endpoint that does not check signatures (moto), as the headers are signed. None: stop."""
+        with self._lock:
+            self._stripped = frozenset(name.lower() for name in names)
 
     def clear(self) -> None:
         """Forget queued faults and random mode; the log is kept."""
@@ -227,7 +234,8 @@ class _Server:
         return web.Response(status=499)  # never sent: the connection is gone
 
     async def _forward(self, request: web.BaseRequest, body: bytes) -> aiohttp.ClientResponse:
-        headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in _NOT_FORWARDED)
+        dropped = _NOT_FORWARDED | self.proxy._stripped
+        headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in dropped)
         return await self.session.request(
             request.method,
             URL(self.proxy.upstream + request.raw_path, encoded=True),

@@ -5,6 +5,7 @@ from .client import ClientSettings, default_session, shared_client
 from .errors import (
     AccessDeniedError,
     BucketNotFoundError,
+    ConditionalWritesUnsupportedError,
     CorruptObjectError,
     CredentialsError,
     EndpointUnreachableError,
@@ -15,6 +16,7 @@ from .errors import (
     RetriesExhaustedError,
     S3PersistenceError,
 )
+from .probe import ensure_conditional_writes, verify_conditional_writes
 
 __all__ = (
     'CasObject',
@@ -27,6 +29,9 @@ __all__ = (
     'ClientSettings',
     'default_session',
     'shared_client',
+    'verify_conditional_writes',
+    'ensure_conditional_writes',
+    'ConditionalWritesUnsupportedError',
     'S3PersistenceError',
     'AccessDeniedError',
     'BucketNotFoundError',

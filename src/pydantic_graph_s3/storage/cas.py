@@ -423,7 +423,12 @@ class CasObject(Generic[T]):
                 if version is not None and version.body == body:
                     return result
             current = version.value if version is not None and version.value is not None else self._decode(version)
-            decided = change(current)
+            try:
+                decided = change(current)
+            except Exception as e:
+                if denied is not None:
+                    raise denied from e  # e.g. "no such snapshot" in a run we may not read: the denial is the answer
+                raise
             if decided.value is None:
                 if denied is not None:
                     raise denied

@@ -11,6 +11,7 @@ __all__ = (
     'BucketNotFoundError',
     'AccessDeniedError',
     'CredentialsError',
+    'ConditionalWritesUnsupportedError',
     'EndpointUnreachableError',
     'CorruptObjectError',
     'ObjectTooLargeError',
@@ -155,4 +156,19 @@ class ObjectChangedError(S3PersistenceError):
             key,
             f'object changed since it was read (it no longer has ETag {etag}), so {operation} did nothing. '
             'Read it again and decide again: a worker may be advancing this run.',
+        )
+
+
+class ConditionalWritesUnsupportedError(S3PersistenceError):
+    """The endpoint accepted a conditional write that must have failed: it ignores `If-Match`/`If-None-Match`."""
+
+    def __init__(self, bucket: str, key: str, endpoint: str, header: str) -> None:
+        self.endpoint = endpoint
+        self.header = header
+        super().__init__(
+            bucket,
+            key,
+            f'endpoint {endpoint} ignores {header} on PutObject (a write that had to be refused succeeded), so '
+            'compare-and-swap is impossible there: concurrent workers would overwrite each other and fork runs. '
+            'Use a store that honours If-Match and If-None-Match (AWS S3, SeaweedFS, a recent MinIO).',
         )

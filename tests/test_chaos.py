@@ -1,0 +1,40 @@
+"""The chaos benchmark, scaled down: real worker processes, SIGKILLed and restarted, through injected S3 faults.
+
+It runs `python -m benchmarks.chaos` itself, so the script that prints the full-size figures is the one tested.
+"""
+
+from __future__ import annotations as _annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.timeout(180)
+def test_no_run_is_lost_or_forked_under_kills_and_faults() -> None:
+    runs, steps = 4, 6
+    command = [
+        *(sys.executable, '-m', 'benchmarks.chaos', '--json'),
+        *('--runs', str(runs), '--steps', str(steps), '--workers', '3'),
+        # Each run's step 1 dies mid-node and step 2 after its node, before its snapshot, on first execution.
+        *('--die-every', '6', '--kill-every', '5', '--fault-rate', '0.05', '--reclaim-after', '1', '--seed', '3'),
+    ]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=170)
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    assert done.returncode == 0, (figures, done.stderr[-2000:])
+
+    assert figures['failures'] == []
+    assert (figures['runs_finished'], figures['snapshots_lost'], figures['forks']) == (runs, 0, 0)
+    assert figures['steps'] == runs * steps
+    deaths = figures['kills'].get('mid-node', 0), figures['kills'].get('before-snapshot', 0)
+    assert min(deaths) >= 1, figures['kills']
+    # Every death inside a step left a claim that had to be reclaimed, and a node re-ran only when reclaimed;
+    # each death in the middle of a node is an execution that did not count as a step.
+    assert figures['reclaims'] >= sum(deaths)
+    assert deaths[0] <= figures['node_executions'] - figures['steps'] <= figures['reclaims']
+    assert figures['faults'] > 0
