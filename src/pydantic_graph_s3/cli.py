@@ -7,7 +7,6 @@ with one line on stderr and an exit code from `ExitCode`, never a traceback.
 from __future__ import annotations as _annotations
 
 import importlib
-import inspect
 import os
 import sys
 from collections.abc import Awaitable, Callable, Iterator
@@ -32,16 +31,19 @@ from pydantic_graph.graph import Graph
 
 from .demo import DemoOptions, run_demo
 from .packaging import Architecture, LambdaPackage, PackagingError, build_lambda_package
+from .persistence import recover_run
 from .runs import PruneOutcome, RunHistory, RunStore, RunSummary
 from .storage import (
     AccessDeniedError,
     BucketNotFoundError,
+    ConditionalWritesUnsupportedError,
     CredentialsError,
     EndpointUnreachableError,
     ObjectChangedError,
     ObjectExistsError,
     ObjectNotFoundError,
     S3PersistenceError,
+    verify_conditional_writes,
 )
 
 __all__ = ('app', 'main', 'ExitCode')
@@ -59,7 +61,7 @@ class ExitCode(IntEnum):
     ACCESS = 4
     CONFLICT = 5
     UNREACHABLE = 6
-    NOT_AVAILABLE = 7
+    UNSAFE_ENDPOINT = 7
 
 
 app = typer.Typer(
@@ -305,22 +307,19 @@ def prune(
 
 @runs_app.command()
 def recover(run_id: RunIdArgument, bucket: BucketOption, prefix: PrefixOption = '', graph: GraphOption = None) -> None:
-    """Make a run whose worker died mid-step runnable again, with the recovery API where this version has it.
+    """Make a run whose worker died mid-step runnable again at once: its claimed steps go back to `created`.
 
-    The recovery API is `pydantic_graph_s3.recover_run(persistence)`, awaited; without it the command exits
-    with `NOT_AVAILABLE` and does nothing.
+    The old holder's claim is revoked, so if it is alive after all, its writes are refused (`recover_run`).
     """
-    recover_run = _optional_api('recover_run', 'runs recover', 'the recovery API (claim tokens, reclaim_after)')
     persistence = _store(bucket, prefix).persistence(run_id, _load_graph(graph))
-    result = _run(lambda: _awaited(recover_run(persistence)))
+    result = _run(lambda: recover_run(persistence))
     console.print(f'recovered {run_id}: {result}')
 
 
 @app.command('check-endpoint')
 def check_endpoint(bucket: BucketOption, prefix: PrefixOption = '') -> None:
-    """Check that the endpoint honours conditional writes, with `verify_conditional_writes` where available."""
-    verify = _optional_api('verify_conditional_writes', 'check-endpoint', 'the endpoint check')
-    result = _run(lambda: _awaited(verify(bucket, prefix)))
+    """Check that the endpoint honours If-Match and If-None-Match, on a probe object it then deletes."""
+    result = _run(lambda: verify_conditional_writes(bucket, prefix))
     console.print(f'conditional writes honoured at s3://{bucket}/{prefix}: {result}')
 
 
@@ -346,6 +345,8 @@ def _user_errors() -> Iterator[None]:
         _fail(ExitCode.CONFLICT, str(e))
     except EndpointUnreachableError as e:
         _fail(ExitCode.UNREACHABLE, str(e))
+    except ConditionalWritesUnsupportedError as e:
+        _fail(ExitCode.UNSAFE_ENDPOINT, str(e))
     except S3PersistenceError as e:
         _fail(ExitCode.S3_ERROR, str(e))
     except ValueError as e:  # an invalid run id, or a file that is not a snapshot list
@@ -361,24 +362,6 @@ def _store(bucket: str, prefix: str) -> RunStore:
 def _fail(code: ExitCode, message: str) -> NoReturn:
     errors.print(f'[red]error:[/] {message}', highlight=False, soft_wrap=True)
     raise typer.Exit(code)
-
-
-async def _awaited(value: Any) -> Any:
-    return await value if inspect.isawaitable(value) else value
-
-
-def _optional_api(name: str, command: str, what: str) -> Callable[..., Any]:
-    """A function of the package that a newer version provides, or a clear exit when this one lacks it."""
-    import pydantic_graph_s3
-
-    found: Callable[..., Any] | None = getattr(pydantic_graph_s3, name, None)
-    if found is None:
-        _fail(
-            ExitCode.NOT_AVAILABLE,
-            f'`{command}` is not available in this version of pydantic-graph-s3: it needs {what} '
-            f'(pydantic_graph_s3.{name}), which this installation does not have.',
-        )
-    return found
 
 
 def _load_graph(spec: str | None) -> Graph[Any, Any, Any] | None:
