@@ -59,8 +59,9 @@ async def test_a_store_that_ignores_a_condition_is_named(s3: S3Bucket, ignoring:
     assert any(e.method == 'PUT' for e in ignoring.log), 'the check went through the proxy'
 
 
-def checked(s3: S3Bucket, url: str, run_id: str = 'checked') -> S3StatePersistence[Any, Any]:
-    persistence = s3.persistence(run_id, client_settings=ClientSettings(endpoint_url=url), verify_endpoint=True)
+def checked(s3: S3Bucket, url: str, run_id: str = 'checked', prefix: str = 'runs/') -> S3StatePersistence[Any, Any]:
+    settings = ClientSettings(endpoint_url=url)
+    persistence = s3.persistence(run_id, prefix=prefix, client_settings=settings, verify_endpoint=True)
     persistence.set_graph_types(count_down_graph)
     return persistence
 
@@ -82,3 +83,12 @@ async def test_verify_endpoint_checks_once_per_endpoint_and_bucket(s3: S3Bucket,
     await checked(s3, ignoring.url, 'second').snapshot_node(CountDownState(1), CountDown())
     assert [e for e in ignoring.log if 'conditional-write-probe' in e.path] == probes
     assert sorted(await keys(s3)) == ['runs/first.json', 'runs/second.json']
+
+
+@pytest.mark.parametrize('endpoint_name', ['moto'])
+@pytest.mark.parametrize('prefix', ['runs/', ''])
+async def test_the_probe_goes_beside_the_run(s3: S3Bucket, ignoring: FaultProxy, prefix: str) -> None:
+    await checked(s3, ignoring.url, 'beside', prefix=prefix).snapshot_node(CountDownState(1), CountDown())
+    probe_paths = {e.path.split('?')[0] for e in ignoring.log if 'conditional-write-probe' in e.path}
+    assert len(probe_paths) == 1
+    assert probe_paths.pop().startswith(f'/{s3.bucket}/{prefix}.conditional-write-probe-')

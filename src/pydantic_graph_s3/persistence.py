@@ -502,7 +502,9 @@ class S3StatePersistence(BaseStatePersistence[StateT, RunEndT]):
     async def _client(self) -> S3Client:
         client = self.client if self.client is not None else await shared_client(self.session, self.client_settings)
         if self.verify_endpoint:
-            await ensure_conditional_writes(client, self.bucket, self.key.rpartition('/')[0] + '/', retry=self.retry)
+            # The probe goes beside the run, where its writes are allowed: the key's prefix ('' at the bucket root).
+            prefix = self.key[: self.key.rfind('/') + 1]
+            await ensure_conditional_writes(client, self.bucket, prefix, retry=self.retry)
         return client
 
 
