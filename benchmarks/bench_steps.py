@@ -32,8 +32,8 @@ from pydantic_graph.persistence.file import FileStatePersistence
 
 from pydantic_graph_s3 import S3StatePersistence
 from pydantic_graph_s3.examples.count_down import CountDown, CountDownState, count_down_graph
-from pydantic_graph_s3.storage import shared_client
-from pydantic_graph_s3.storage.embedded import embedded_s3
+from pydantic_s3_cas import shared_client
+from pydantic_s3_cas.embedded import embedded_s3
 
 BUCKET = 'bench'
 

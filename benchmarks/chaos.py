@@ -50,7 +50,7 @@ from pydantic_graph.persistence import EndSnapshot, NodeSnapshot
 
 from pydantic_graph_s3 import ClientSettings, RetryPolicy, S3PersistenceError, S3StatePersistence
 from pydantic_graph_s3.serverless import GraphWorker
-from pydantic_graph_s3.storage.embedded import embedded_s3
+from pydantic_s3_cas.embedded import embedded_s3
 from tests.support.fault_proxy import fault_proxy
 
 BUCKET = 'chaos'

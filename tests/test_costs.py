@@ -11,7 +11,7 @@ import pytest
 from pydantic_graph import End
 
 from pydantic_graph_s3.examples.count_down import CountDown, CountDownState, count_down_graph
-from pydantic_graph_s3.storage import shared_client
+from pydantic_s3_cas import shared_client
 
 from .conftest import S3Bucket, new_session
 from .support.endpoints import S3Endpoint
@@ -93,7 +93,7 @@ CLOSE_CHECK = """
 import asyncio, gc, sys
 import aioboto3
 from pydantic_graph_s3 import ClientSettings
-from pydantic_graph_s3.storage import shared_client
+from pydantic_s3_cas import shared_client
 
 session = aioboto3.Session(aws_access_key_id='testing', aws_secret_access_key='testing', region_name='us-east-1')
 settings = ClientSettings(endpoint_url=sys.argv[1])

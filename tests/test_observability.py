@@ -16,7 +16,7 @@ from pydantic_graph.graph import Graph
 
 from pydantic_graph_s3 import RetriesExhaustedError, RetryPolicy
 from pydantic_graph_s3.examples.count_down import CountDown, CountDownState, count_down_graph
-from pydantic_graph_s3.storage import shared_client
+from pydantic_s3_cas import shared_client
 
 from .conftest import S3Bucket
 

@@ -1,17 +1,6 @@
 """pydantic-graph 1.x state persistence in Amazon S3, with compare-and-swap writes instead of lock files."""
 
-from .persistence import (
-    Claim,
-    ClaimLostError,
-    RunRecord,
-    S3StatePersistence,
-    decode_snapshot_list,
-    recover_run,
-    run_object_key,
-    validate_run_id,
-)
-from .runs import PruneOutcome, RunHistory, RunStore, RunSummary, SnapshotRow
-from .storage import (
+from pydantic_s3_cas import (
     AccessDeniedError,
     BucketNotFoundError,
     CasStats,
@@ -29,6 +18,18 @@ from .storage import (
     S3PersistenceError,
     verify_conditional_writes,
 )
+
+from .persistence import (
+    Claim,
+    ClaimLostError,
+    RunRecord,
+    S3StatePersistence,
+    decode_snapshot_list,
+    recover_run,
+    run_object_key,
+    validate_run_id,
+)
+from .runs import PruneOutcome, RunHistory, RunStore, RunSummary, SnapshotRow
 
 __all__ = (
     'S3StatePersistence',

@@ -29,11 +29,7 @@ import anyio
 import pydantic_core
 from pydantic_graph.graph import Graph
 
-from .demo import DemoOptions, run_demo
-from .packaging import Architecture, LambdaPackage, PackagingError, build_lambda_package
-from .persistence import recover_run
-from .runs import PruneOutcome, RunHistory, RunStore, RunSummary
-from .storage import (
+from pydantic_s3_cas import (
     AccessDeniedError,
     BucketNotFoundError,
     ConditionalWritesUnsupportedError,
@@ -45,6 +41,11 @@ from .storage import (
     S3PersistenceError,
     verify_conditional_writes,
 )
+
+from .demo import DemoOptions, run_demo
+from .packaging import Architecture, LambdaPackage, PackagingError, build_lambda_package
+from .persistence import recover_run
+from .runs import PruneOutcome, RunHistory, RunStore, RunSummary
 
 __all__ = ('app', 'main', 'ExitCode')
 

@@ -21,10 +21,11 @@ from pydantic_graph.persistence import EndSnapshot, NodeSnapshot
 from rich.console import Console
 from rich.table import Table
 
+from pydantic_s3_cas import shared_client
+from pydantic_s3_cas.embedded import embedded_s3
+
 from .examples.count_down import count_down_graph, run_node, start_run
 from .persistence import S3StatePersistence
-from .storage import shared_client
-from .storage.embedded import embedded_s3
 
 __all__ = ('DemoOptions', 'run_demo')
 

@@ -2,13 +2,15 @@
 
 Dependencies are installed with `pip install --platform manylinux... --only-binary=:all: --target`, so a package
 built on macOS or Windows, or on x86_64 for arm64, holds the Linux wheels the Lambda runtime can load. The library
-itself is copied from where it is imported from (an installed wheel or a source checkout), and the zip is
+itself, and the storage core it shares with pydantic-ai-harness-s3 (`pydantic-s3-cas`), are copied from where they
+are imported from (an installed wheel or a source checkout), and the zip is
 deterministic: the same inputs give the same bytes, so Terraform's `source_code_hash` only changes with the code.
 """
 
 from __future__ import annotations as _annotations
 
 import importlib.metadata
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -28,6 +30,8 @@ _MACHINES: dict[str, str] = {'x86_64': 'x86_64', 'arm64': 'aarch64'}
 # 1980-01-01, the earliest time a zip entry can carry: no build time leaks into the bytes.
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 _SKIPPED = frozenset({'__pycache__'})
+# Our own distributions, copied as source rather than installed from an index: distribution -> import package.
+_OWN_DISTRIBUTIONS = {'pydantic-graph-s3': 'pydantic_graph_s3', 'pydantic-s3-cas': 'pydantic_s3_cas'}
 
 
 class PackagingError(RuntimeError):
@@ -90,9 +94,17 @@ class LambdaPackage:
 
 
 def library_requirements() -> list[str]:
-    """This library's own runtime requirements (its extras are for the command line and tests, not Lambda)."""
-    requires = importlib.metadata.requires('pydantic-graph-s3') or []
-    return [requirement for requirement in requires if 'extra ==' not in requirement]
+    """The runtime requirements of this library and of its storage core, which the package carries as source.
+
+    Extras are for the command line and tests, not Lambda.
+    """
+    requirements: list[str] = []
+    for distribution in _OWN_DISTRIBUTIONS:
+        for requirement in importlib.metadata.requires(distribution) or []:
+            name = requirement.split(';')[0].split('[')[0].split('>')[0].split('<')[0].split('=')[0].strip()
+            if 'extra ==' not in requirement and name.lower() not in _OWN_DISTRIBUTIONS:
+                requirements.append(requirement)
+    return requirements
 
 
 def build_lambda_package(package: LambdaPackage) -> Path:
@@ -101,12 +113,20 @@ def build_lambda_package(package: LambdaPackage) -> Path:
         root = Path(scratch) / 'package'
         root.mkdir()
         _pip_install(package, root)
-        _copy(Path(__file__).resolve().parent, root / __package__)
+        for package_name in _OWN_DISTRIBUTIONS.values():
+            _copy(_package_directory(package_name), root / package_name)
         for path in package.include:
             _copy(path.resolve(), root / path.name)
         package.output.parent.mkdir(parents=True, exist_ok=True)
         _write_zip(root, package.output)
     return package.output
+
+
+def _package_directory(package_name: str) -> Path:
+    spec = importlib.util.find_spec(package_name)
+    if spec is None or spec.origin is None:
+        raise PackagingError(f'{package_name} is not importable here: install it first')
+    return Path(spec.origin).resolve().parent
 
 
 def _pip_install(package: LambdaPackage, target: Path) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations as _annotations
 
 import copy
 import functools
+import logging
 import re
 import uuid
 from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
@@ -42,7 +43,7 @@ from pydantic_graph.persistence import (
 )
 from pydantic_graph.persistence._utils import nodes_type_context, set_nodes_type_context
 
-from .storage import (
+from pydantic_s3_cas import (
     CasObject,
     CasStats,
     Change,
@@ -52,10 +53,12 @@ from .storage import (
     ensure_conditional_writes,
     shared_client,
 )
-from .storage.telemetry import logger, span
+from pydantic_s3_cas.telemetry import span
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
+
+logger = logging.getLogger('pydantic_graph_s3')
 
 __all__ = (
     'S3StatePersistence',
@@ -496,6 +499,7 @@ class S3StatePersistence(BaseStatePersistence[StateT, RunEndT]):
                 retry=self.retry,
                 max_object_bytes=self.max_object_bytes,
                 labels={'run_id': self.run_id},
+                logger=logger,
             )
         return self._object
 

@@ -23,8 +23,7 @@ import pydantic_core
 from pydantic_graph.graph import Graph
 from pydantic_graph.persistence import EndSnapshot, NodeSnapshot, Snapshot
 
-from .persistence import S3StatePersistence, decode_snapshot_list, run_object_key, validate_run_id
-from .storage import (
+from pydantic_s3_cas import (
     CasObject,
     CasStats,
     Change,
@@ -39,6 +38,8 @@ from .storage import (
     list_objects,
     shared_client,
 )
+
+from .persistence import S3StatePersistence, decode_snapshot_list, logger, run_object_key, validate_run_id
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -172,7 +173,13 @@ class RunStore:
         tell its last status; a run that does not decode is still yielded, with `problem` saying why.
         """
         async for page in list_objects(
-            self._client, self.bucket, self.prefix, retry=self.retry, stats=self.stats, page_size=self.page_size
+            self._client,
+            self.bucket,
+            self.prefix,
+            retry=self.retry,
+            stats=self.stats,
+            page_size=self.page_size,
+            logger=logger,
         ):
             infos = [(run_id, info) for info in page if (run_id := self._run_id_of(info.key)) is not None]
             if not decode:
@@ -186,7 +193,9 @@ class RunStore:
     async def get_run(self, run_id: str) -> RunSummary:
         """The summary of one run, read now. Raises `ObjectNotFoundError` for an unknown run."""
         key = run_object_key(self.prefix, run_id)
-        async for page in list_objects(self._client, self.bucket, key, retry=self.retry, stats=self.stats):
+        async for page in list_objects(
+            self._client, self.bucket, key, retry=self.retry, stats=self.stats, logger=logger
+        ):
             for info in page:
                 if info.key == key and (summary := await self._summarize(run_id, info)) is not None:
                     return summary
@@ -344,6 +353,7 @@ class RunStore:
             max_object_bytes=self.max_object_bytes,
             stats=self.stats,
             labels={'run_id': self._run_id_of(key) or ''},
+            logger=logger,
         )
 
     async def _client(self) -> S3Client:

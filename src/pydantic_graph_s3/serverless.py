@@ -28,8 +28,9 @@ from pydantic_graph.graph import Graph, GraphRun
 from pydantic_graph.persistence import EndSnapshot, NodeSnapshot, Snapshot
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pydantic_s3_cas import S3PersistenceError
+
 from .persistence import ClaimLostError, S3StatePersistence, validate_run_id
-from .storage import S3PersistenceError
 
 __all__ = (
     'GraphWorker',

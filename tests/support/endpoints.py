@@ -14,7 +14,7 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from pydantic_graph_s3.storage.embedded import embedded_s3
+from pydantic_s3_cas.embedded import embedded_s3
 
 __all__ = ('S3Endpoint', 'moto_s3')
 

@@ -1,46 +1,9 @@
-"""Storage layer: S3 objects updated by compare-and-swap. Knows nothing about pydantic-graph."""
+"""The storage layer, kept at its old import path: it is the `pydantic-s3-cas` distribution now.
 
-from .cas import CasObject, CasStats, Change, Codec, ObjectInfo, RetryPolicy, list_objects
-from .client import ClientSettings, default_session, shared_client
-from .errors import (
-    AccessDeniedError,
-    BucketNotFoundError,
-    ConditionalWritesUnsupportedError,
-    CorruptObjectError,
-    CredentialsError,
-    EndpointUnreachableError,
-    ObjectChangedError,
-    ObjectExistsError,
-    ObjectNotFoundError,
-    ObjectTooLargeError,
-    RetriesExhaustedError,
-    S3PersistenceError,
-)
-from .probe import ensure_conditional_writes, verify_conditional_writes
+pydantic-graph-s3 and pydantic-ai-harness-s3 share that one copy of the compare-and-swap code, the typed errors,
+the shared client and telemetry. Everything below re-exports it, so `from pydantic_graph_s3.storage import ...`
+keeps working.
+"""
 
-__all__ = (
-    'CasObject',
-    'CasStats',
-    'Change',
-    'Codec',
-    'RetryPolicy',
-    'ObjectInfo',
-    'list_objects',
-    'ClientSettings',
-    'default_session',
-    'shared_client',
-    'verify_conditional_writes',
-    'ensure_conditional_writes',
-    'ConditionalWritesUnsupportedError',
-    'S3PersistenceError',
-    'AccessDeniedError',
-    'BucketNotFoundError',
-    'CorruptObjectError',
-    'CredentialsError',
-    'EndpointUnreachableError',
-    'ObjectTooLargeError',
-    'ObjectNotFoundError',
-    'ObjectExistsError',
-    'ObjectChangedError',
-    'RetriesExhaustedError',
-)
+from pydantic_s3_cas import *  # noqa: F403
+from pydantic_s3_cas import __all__ as __all__

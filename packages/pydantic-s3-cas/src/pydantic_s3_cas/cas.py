@@ -12,6 +12,7 @@ uses it for reads, updates and conditional deletes, `list_objects` for listing p
 
 from __future__ import annotations as _annotations
 
+import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -42,7 +43,8 @@ from .errors import (
     RetriesExhaustedError,
     S3PersistenceError,
 )
-from .telemetry import logger, span
+from .telemetry import logger as default_logger
+from .telemetry import span
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -198,6 +200,8 @@ class RequestScope:
     stats: CasStats
     labels: Mapping[str, str] = field(default_factory=dict)
     endpoint_url: str = 'the S3 endpoint'
+    logger: logging.Logger = default_logger
+    """Where its records go: the library that owns the object names it (`pydantic_graph_s3` for runs)."""
 
     @contextmanager
     def request(self, operation: str, attempt: int, etag: str | None = None) -> Iterator[_Request]:
@@ -223,7 +227,7 @@ class RequestScope:
             finally:
                 request_span.set_attribute('outcome', record.outcome)
                 request_span.set_attribute('etag', record.etag or '')
-                logger.debug(
+                self.logger.debug(
                     '%s s3://%s/%s attempt %d: %s (ETag %s)',
                     operation,
                     self.bucket,
@@ -276,7 +280,7 @@ class RequestScope:
             # given-up attempt would be counted as a retry that never happened.
             self.stats.retries += 1
             failure = state.outcome.exception() if state.outcome else None
-            logger.info(
+            self.logger.info(
                 'retrying s3://%s/%s after attempt %d: %s',
                 self.bucket,
                 self.key,
@@ -288,7 +292,7 @@ class RequestScope:
         def give_up(state: RetryCallState) -> R:
             failure = state.outcome.exception() if state.outcome else None
             elapsed = state.seconds_since_start or 0.0
-            logger.warning(
+            self.logger.warning(
                 'giving up on s3://%s/%s after %d attempt(s): %s',
                 self.bucket,
                 self.key,
@@ -316,10 +320,17 @@ class RequestScope:
 
 
 async def list_objects(
-    client: ClientSource, bucket: str, prefix: str, *, retry: RetryPolicy, stats: CasStats, page_size: int = 1000
+    client: ClientSource,
+    bucket: str,
+    prefix: str,
+    *,
+    retry: RetryPolicy,
+    stats: CasStats,
+    page_size: int = 1000,
+    logger: logging.Logger = default_logger,
 ) -> AsyncIterator[list[ObjectInfo]]:
     """The objects under `prefix`, one listing page at a time (each page retried on its own)."""
-    scope = RequestScope(bucket, prefix, retry, stats)
+    scope = RequestScope(bucket, prefix, retry, stats, logger=logger)
     token: str | None = None
     while True:
 
@@ -365,11 +376,13 @@ class CasObject(Generic[T]):
     stats: CasStats = field(default_factory=CasStats)
     labels: Mapping[str, str] = field(default_factory=dict)
     """Added to every span and log record of this object's requests (the persistence adds the run id)."""
+    logger: logging.Logger = default_logger
+    """Where this object's log records go (see `RequestScope.logger`)."""
     _version: _Version[T] | None = field(default=None, init=False, repr=False)
     _scope: RequestScope = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._scope = RequestScope(self.bucket, self.key, self.retry, self.stats, self.labels)
+        self._scope = RequestScope(self.bucket, self.key, self.retry, self.stats, self.labels, logger=self.logger)
 
     async def load(self) -> T:
         """A fresh read of the current value (the empty value when the object does not exist)."""

@@ -2,7 +2,8 @@
 
 Spans go through `logfire_api`, which pydantic-graph already depends on: without the `logfire` package it is a
 no-op shim, and with it spans follow whatever `logfire.configure()` set up (Logfire, or any OpenTelemetry
-exporter). Log records go to the standard `logging` tree under `pydantic_graph_s3`, each with a `run_id`.
+exporter). Log records go to the standard `logging` tree, under `pydantic_s3_cas` unless the owner of an object names
+another logger (pydantic-graph-s3 uses `pydantic_graph_s3`), each with a `run_id`.
 """
 
 from __future__ import annotations as _annotations
@@ -17,9 +18,9 @@ import logfire_api
 
 __all__ = ('span', 'logger')
 
-logger = logging.getLogger('pydantic_graph_s3')
+logger = logging.getLogger('pydantic_s3_cas')
 
-_logfire = logfire_api.Logfire(otel_scope='pydantic-graph-s3')
+_logfire = logfire_api.Logfire(otel_scope='pydantic-s3-cas')
 
 
 @contextmanager

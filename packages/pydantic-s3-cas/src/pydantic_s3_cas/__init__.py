@@ -1,0 +1,50 @@
+"""S3 objects changed only by compare-and-swap: the storage core of pydantic-graph-s3 and pydantic-ai-harness-s3.
+
+Knows nothing about pydantic-graph or pydantic-ai: typed errors, the shared client, the compare-and-swap
+primitive, telemetry, the endpoint self-check and the embedded S3 server (`pydantic_s3_cas.embedded`).
+"""
+
+from .cas import CasObject, CasStats, Change, Codec, ObjectInfo, RetryPolicy, list_objects
+from .client import ClientSettings, default_session, shared_client
+from .errors import (
+    AccessDeniedError,
+    BucketNotFoundError,
+    ConditionalWritesUnsupportedError,
+    CorruptObjectError,
+    CredentialsError,
+    EndpointUnreachableError,
+    ObjectChangedError,
+    ObjectExistsError,
+    ObjectNotFoundError,
+    ObjectTooLargeError,
+    RetriesExhaustedError,
+    S3PersistenceError,
+)
+from .probe import ensure_conditional_writes, verify_conditional_writes
+
+__all__ = (
+    'CasObject',
+    'CasStats',
+    'Change',
+    'Codec',
+    'RetryPolicy',
+    'ObjectInfo',
+    'list_objects',
+    'ClientSettings',
+    'default_session',
+    'shared_client',
+    'verify_conditional_writes',
+    'ensure_conditional_writes',
+    'ConditionalWritesUnsupportedError',
+    'S3PersistenceError',
+    'AccessDeniedError',
+    'BucketNotFoundError',
+    'CorruptObjectError',
+    'CredentialsError',
+    'EndpointUnreachableError',
+    'ObjectTooLargeError',
+    'ObjectNotFoundError',
+    'ObjectExistsError',
+    'ObjectChangedError',
+    'RetriesExhaustedError',
+)
