@@ -51,7 +51,7 @@ RECEIPTS_PER_FILE = 64
 
 
 class _Receipt(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra='forbid')
     operation_id: str
     fingerprint: str
     path: str
@@ -68,7 +68,7 @@ class _Receipt(BaseModel):
 
 
 class _MemoryObject(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra='forbid')
     content: str | None
     """`None` for a tombstone: the file is deleted, its receipts are kept until the object is removed."""
     version: str

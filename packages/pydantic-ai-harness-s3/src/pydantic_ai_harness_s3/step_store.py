@@ -61,14 +61,14 @@ class RunAlreadyRegisteredError(ValueError):
 
 
 class _EventEntry(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra='forbid')
     type: Literal['event'] = 'event'
     seq: int
     event: StepEvent
 
 
 class _SnapshotEntry(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra='forbid')
     type: Literal['snapshot'] = 'snapshot'
     seq: int
     object: str
@@ -83,7 +83,7 @@ _Entry = Annotated[_EventEntry | _SnapshotEntry, Field(discriminator='type')]
 class _Head(BaseModel):
     """The run's compare-and-swap point. Change functions build a new one and never modify the one they get."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra='forbid')
     format: Literal[1] = 1
     next_event: int = 0
     next_snapshot: int = 0
