@@ -54,7 +54,7 @@ async def test_a_version_never_comes_back(s3: Bucket) -> None:
     v2 = (await store.write('p.md', 'other', expected_version=v1)).version
     v3 = (await store.write('p.md', 'same', expected_version=v2)).version
     assert len({v1, v2, v3}) == 3
-    with pytest.raises(MemoryConflictError, match="memory path 'p.md' changed"):
+    with pytest.raises(MemoryConflictError, match=r"memory path 'p\.md' changed"):
         await store.write('p.md', 'lost update', expected_version=v1)
     stored = await store.read('p.md', max_chars=100)
     assert stored is not None and (stored.content, stored.version) == ('same', v3)
