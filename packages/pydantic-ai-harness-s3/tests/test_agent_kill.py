@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import anyio
 import pytest
 from conftest import Bucket
 
@@ -34,7 +35,7 @@ async def test_agent_killed_mid_tool_call_continues_from_latest_snapshot(moto: B
     while not (tmp_path / 'in-slow-write').exists():
         assert first.poll() is None, first.communicate()
         assert time.monotonic() < deadline, 'the agent never reached its second tool call'
-        time.sleep(0.02)
+        await anyio.sleep(0.02)
     first.send_signal(signal.SIGKILL)
     first.communicate()
     assert first.returncode == -signal.SIGKILL
