@@ -45,7 +45,7 @@ __all__ = ('S3StepStore', 'RunAlreadyRegisteredError', 'SEGMENT_ENTRIES', 'KEY_W
 
 SEGMENT_ENTRIES = 32
 """Log entries per sealed segment; the head holds fewer than twice this many."""
-KEY_WINDOW = 128
+KEY_WINDOW = 64
 """Idempotency keys the head remembers exactly, per kind (events, snapshots)."""
 
 
@@ -240,7 +240,9 @@ class S3StepStore:
 
     def __init__(self, *, bucket: str, prefix: str = '', **options: Unpack[S3Options]) -> None:
         self.location = S3Location(bucket, prefix, **options)
-        self._heads: OrderedDict[str, CasObject[_Head | None]] = OrderedDict()
+        # Objects this store wrote or read recently, kept for the ETag they cache: a writer that is alone on a
+        # run then changes them with one PUT, without reading them first.
+        self._recent: OrderedDict[str, CasObject[Any]] = OrderedDict()
 
     def __repr__(self) -> str:
         return f'{type(self).__name__}(bucket={self.location.bucket!r}, prefix={self.location.prefix!r})'
@@ -352,7 +354,9 @@ class S3StepStore:
                 return Change(None, None)
             return Change(record, None)
 
-        await self._tool_effect_object(record.run_id, record.tool_call_id).update(upsert)
+        # A start is normally the call's first record: try to create it without reading first.
+        creating = record.status == 'started'
+        await self._tool_effect_object(record.run_id, record.tool_call_id).update(upsert, expect_missing=creating)
 
     async def get_tool_effect(self, *, run_id: str, tool_call_id: str) -> ToolEffectRecord | None:
         return await self._tool_effect_object(run_id, tool_call_id).load()
@@ -435,15 +439,19 @@ class S3StepStore:
         return snapshot
 
     def _head(self, run_id: str) -> CasObject[_Head | None]:
-        """The run's head, kept (with its last known ETag) for the most recently used runs."""
-        head = self._heads.get(run_id)
-        if head is None:
-            head = self._heads[run_id] = self._run_folder_object(run_id, 'head.json', _HEAD)
-            if len(self._heads) > 256:
-                self._heads.popitem(last=False)
+        return self._kept(run_id, 'head.json', _HEAD)
+
+    def _kept(self, run_id: str, key: str, adapter: TypeAdapter[Any]) -> CasObject[Any]:
+        """The object `key` of the run's folder, the same instance (and cached ETag) for the last 256 used."""
+        name = f'{key_part(run_id, what="run_id")}/{key}'
+        kept = self._recent.get(name)
+        if kept is None:
+            kept = self._recent[name] = self._run_folder_object(run_id, key, adapter)
+            if len(self._recent) > 256:
+                self._recent.popitem(last=False)
         else:
-            self._heads.move_to_end(run_id)
-        return head
+            self._recent.move_to_end(name)
+        return kept
 
     def _run_object(self, run_id: str) -> CasObject[RunRecord | None]:
         return self.location.object(f'runs/{key_part(run_id, what="run_id")}.json', _RUN, run_id=run_id)
@@ -453,4 +461,4 @@ class S3StepStore:
 
     def _tool_effect_object(self, run_id: str, tool_call_id: str) -> CasObject[ToolEffectRecord | None]:
         call = key_part(tool_call_id, what='tool_call_id')
-        return self._run_folder_object(run_id, f'tool-effects/{call}.json', _TOOL_EFFECT)
+        return self._kept(run_id, f'tool-effects/{call}.json', _TOOL_EFFECT)
