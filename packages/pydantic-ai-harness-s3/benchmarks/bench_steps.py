@@ -104,9 +104,8 @@ async def bench_agent(options: dict[str, Any], tool_calls: int) -> None:
             f'({calls} store calls, {requests} requests in all)'
         )
     total = store.stats.as_dict()
-    print(
-        f'  whole run    : {total["requests"]} requests ({total["gets"]} GET, {total["puts"]} PUT, {total["lists"]} LIST)'
-    )
+    counts = f'{total["gets"]} GET, {total["puts"]} PUT, {total["lists"]} LIST'
+    print(f'  whole run        : {total["requests"]} requests ({counts})')
 
 
 async def bench_long_run(options: dict[str, Any], events: int) -> None:
