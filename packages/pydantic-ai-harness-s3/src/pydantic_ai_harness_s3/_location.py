@@ -15,13 +15,14 @@ from urllib.parse import quote
 
 import aioboto3
 from pydantic import TypeAdapter
+from typing_extensions import Unpack
 
 from pydantic_s3_cas import CasObject, CasStats, ClientSettings, ObjectInfo, RetryPolicy, list_objects, shared_client
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
 
-__all__ = ('S3Options', 'S3Location', 'JsonCodec', 'key_part', 'logger')
+__all__ = ('S3Options', 'S3Location', 'S3Store', 'JsonCodec', 'key_part', 'logger')
 
 T = TypeVar('T')
 
@@ -120,3 +121,22 @@ class S3Location:
         ):
             for info in page:
                 yield info
+
+
+class S3Store:
+    """What both stores are built on: a location (bucket, prefix, client, retry bounds) and its request counters.
+
+    Options are those of `S3StatePersistence`: `client`, `session`, `client_settings`, `retry` (see `S3Options`).
+    `prefix` is '' or ends with '/'. `stats` counts the requests and bytes the store has used.
+    """
+
+    def __init__(self, *, bucket: str, prefix: str = '', **options: Unpack[S3Options]) -> None:
+        self.location = S3Location(bucket, prefix, **options)
+
+    def __repr__(self) -> str:
+        return f'{type(self).__name__}(bucket={self.location.bucket!r}, prefix={self.location.prefix!r})'
+
+    @property
+    def stats(self) -> CasStats:
+        """Requests and bytes sent and received so far, by every call of this store."""
+        return self.location.stats

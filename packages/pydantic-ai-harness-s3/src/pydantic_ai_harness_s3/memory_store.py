@@ -38,11 +38,10 @@ from pydantic_ai_harness.memory._store import (
     validate_store_path,
     validate_store_prefix,
 )
-from typing_extensions import Unpack
 
-from pydantic_s3_cas import CasObject, CasStats, Change, ObjectChangedError
+from pydantic_s3_cas import CasObject, Change, ObjectChangedError
 
-from ._location import S3Location, S3Options, key_part
+from ._location import S3Store, key_part
 
 __all__ = ('S3MemoryStore', 'RECEIPTS_PER_FILE')
 
@@ -57,6 +56,16 @@ class _Receipt(BaseModel):
     path: str
     version: str | None
     existed: bool
+
+    @classmethod
+    def of(cls, operation: MemoryOperation, path: str, mutation: MemoryMutation) -> _Receipt:
+        return cls(
+            operation_id=operation.id,
+            fingerprint=operation.fingerprint,
+            path=path,
+            version=mutation.version,
+            existed=mutation.existed,
+        )
 
     def mutation(self, operation: MemoryOperation) -> MemoryMutation:
         """The recorded mutation, replayed; raises the harness's conflict error for another fingerprint."""
@@ -89,42 +98,31 @@ def _live(stored: _MemoryObject | None) -> _MemoryObject | None:
 
 
 def _mutate(
-    path: str,
-    expected_version: str | None,
-    operation: MemoryOperation | None,
-    new: _MemoryObject | None,
-    what: str,
+    path: str, expected_version: str | None, operation: MemoryOperation | None, new: _MemoryObject
 ) -> Callable[[_MemoryObject | None], Change[_MemoryObject | None, MemoryMutation]]:
-    """The change of one write (`new` is the file to store) or delete (`new` is `None`), receipt included."""
+    """The change of one write, or of one delete when `new` is a tombstone (`content=None`), receipt included."""
+    deleting = new.content is None
 
     def change(stored: _MemoryObject | None) -> Change[_MemoryObject | None, MemoryMutation]:
         if operation is not None and stored is not None and (receipt := stored.receipt(operation.id)) is not None:
             return Change(None, receipt.mutation(operation))
         current = _live(stored)
         if (current.version if current is not None else None) != expected_version:
+            what = 'deleted' if deleting else 'written'
             raise MemoryConflictError(f'memory path {path!r} changed before it could be {what}')
-        if new is None and current is None:
+        if deleting and current is None:
             return Change(None, MemoryMutation(version=None, replayed=False, existed=False))
-        stored_version = new.version if new is not None else uuid.uuid4().hex
-        mutation = MemoryMutation(version=new.version if new else None, replayed=False, existed=current is not None)
+        version = None if deleting else new.version
+        mutation = MemoryMutation(version=version, replayed=False, existed=current is not None)
         receipts = stored.receipts if stored is not None else ()
         if operation is not None:
-            receipt = _Receipt(
-                operation_id=operation.id,
-                fingerprint=operation.fingerprint,
-                path=path,
-                version=mutation.version,
-                existed=mutation.existed,
-            )
-            receipts = (*receipts, receipt)[-RECEIPTS_PER_FILE:]
-        if new is None:
-            return Change(_MemoryObject(content=None, version=stored_version, receipts=receipts), mutation)
+            receipts = (*receipts, _Receipt.of(operation, path, mutation))[-RECEIPTS_PER_FILE:]
         return Change(new.model_copy(update={'receipts': receipts}), mutation)
 
     return change
 
 
-class S3MemoryStore:
+class S3MemoryStore(S3Store):
     """A pydantic-ai-harness `MemoryStore` (with metadata and search) keeping memory files in S3.
 
     ```python
@@ -132,20 +130,8 @@ class S3MemoryStore:
     agent = Agent('openai:gpt-5', capabilities=[Memory(store=store)])
     ```
 
-    Options are those of `S3StatePersistence`: `client`, `session`, `client_settings`, `retry`. `prefix` is ''
-    or ends with '/'. `stats` counts the requests and bytes this store has used.
+    Takes `(bucket=..., prefix='', **options)`, as every store of this package does (see `S3Store`).
     """
-
-    def __init__(self, *, bucket: str, prefix: str = '', **options: Unpack[S3Options]) -> None:
-        self.location = S3Location(bucket, prefix, **options)
-
-    def __repr__(self) -> str:
-        return f'{type(self).__name__}(bucket={self.location.bucket!r}, prefix={self.location.prefix!r})'
-
-    @property
-    def stats(self) -> CasStats:
-        """Requests and bytes sent and received so far, by every call of this store."""
-        return self.location.stats
 
     async def read(self, path: str, *, max_chars: int) -> MemoryFile | None:
         validate_store_path(path)
@@ -197,7 +183,7 @@ class S3MemoryStore:
             operation_id=operation.id if operation else None,
             metadata=encoded,
         )
-        change = _mutate(path, expected_version, operation, new, 'written')
+        change = _mutate(path, expected_version, operation, new)
         mutation: MemoryMutation = await self._file(path).update(change, expect_missing=expected_version is None)
         await self._index_receipt(operation, path, mutation)
         return mutation
@@ -210,7 +196,8 @@ class S3MemoryStore:
         if operation is not None and (replayed := await self.get_operation(operation)) is not None:
             return replayed
         file = self._file(path)
-        change = _mutate(path, expected_version, operation, None, 'deleted')
+        tombstone = _MemoryObject(content=None, version=uuid.uuid4().hex)
+        change = _mutate(path, expected_version, operation, tombstone)
         mutation: MemoryMutation = await file.update(change)
         await self._index_receipt(operation, path, mutation)
         if mutation.existed and not mutation.replayed:
@@ -272,13 +259,7 @@ class S3MemoryStore:
         """Record where `operation`'s receipt is, once its change has landed (the same entry however often)."""
         if operation is None:
             return
-        receipt = _Receipt(
-            operation_id=operation.id,
-            fingerprint=operation.fingerprint,
-            path=path,
-            version=mutation.version,
-            existed=mutation.existed,
-        )
+        receipt = _Receipt.of(operation, path, mutation)
 
         def record(existing: _Receipt | None) -> Change[_Receipt | None, None]:
             return Change(receipt if existing is None else None, None)

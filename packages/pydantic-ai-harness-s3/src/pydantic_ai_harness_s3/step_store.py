@@ -37,9 +37,9 @@ from pydantic_ai_harness.step_persistence import (
 )
 from typing_extensions import Unpack
 
-from pydantic_s3_cas import CasObject, CasStats, Change, S3PersistenceError
+from pydantic_s3_cas import CasObject, Change, S3PersistenceError
 
-from ._location import S3Location, S3Options, key_part
+from ._location import S3Options, S3Store, key_part
 
 __all__ = ('S3StepStore', 'RunAlreadyRegisteredError', 'SEGMENT_ENTRIES', 'KEY_WINDOW')
 
@@ -226,7 +226,7 @@ def _peek(stored: _Head | None) -> Change[_Head | None, _Head]:
     return Change(None, _head_or_empty(stored))
 
 
-class S3StepStore:
+class S3StepStore(S3Store):
     """A pydantic-ai-harness `StepStore` keeping each run in S3, for workers in any number of processes.
 
     ```python
@@ -234,23 +234,14 @@ class S3StepStore:
     agent = Agent('openai:gpt-5', capabilities=[StepPersistence(store=store)])
     ```
 
-    Options are those of `S3StatePersistence`: `client`, `session`, `client_settings`, `retry`. `prefix` is ''
-    or ends with '/'. `stats` counts the requests and bytes this store has used.
+    Takes `(bucket=..., prefix='', **options)`, as every store of this package does (see `S3Store`).
     """
 
     def __init__(self, *, bucket: str, prefix: str = '', **options: Unpack[S3Options]) -> None:
-        self.location = S3Location(bucket, prefix, **options)
+        super().__init__(bucket=bucket, prefix=prefix, **options)
         # Objects this store wrote or read recently, kept for the ETag they cache: a writer that is alone on a
         # run then changes them with one PUT, without reading them first.
         self._recent: OrderedDict[str, CasObject[Any]] = OrderedDict()
-
-    def __repr__(self) -> str:
-        return f'{type(self).__name__}(bucket={self.location.bucket!r}, prefix={self.location.prefix!r})'
-
-    @property
-    def stats(self) -> CasStats:
-        """Requests and bytes sent and received so far, by every call of this store."""
-        return self.location.stats
 
     # --- runs ---------------------------------------------------------------------------------------------------
 
