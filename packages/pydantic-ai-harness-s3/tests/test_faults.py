@@ -22,8 +22,8 @@ def proxy(moto: Bucket) -> Iterator[FaultProxy]:
         yield running
 
 
-def through(moto: Bucket, proxy: FaultProxy) -> dict[str, ClientSettings]:
-    return {'client_settings': ClientSettings(endpoint_url=proxy.url, read_timeout=5.0)}
+def through(proxy: FaultProxy) -> ClientSettings:
+    return ClientSettings(endpoint_url=proxy.url, read_timeout=5.0)
 
 
 async def test_appends_whose_response_is_lost_land_once(moto: Bucket, proxy: FaultProxy) -> None:
@@ -31,7 +31,7 @@ async def test_appends_whose_response_is_lost_land_once(moto: Bucket, proxy: Fau
 
     Unkeyed events have no idempotency key to fall back on: only recognising its own write prevents a duplicate.
     """
-    store = moto.step_store(**through(moto, proxy))
+    store = moto.step_store(client_settings=through(proxy))
     head = r'/agents/steps/r/head\.json'
     for index in range(SEGMENT_ENTRIES + 8):
         if index % 3 == 0:
@@ -45,7 +45,7 @@ async def test_appends_whose_response_is_lost_land_once(moto: Bucket, proxy: Fau
 
 
 async def test_a_snapshot_save_and_a_seal_whose_responses_are_lost_land_once(moto: Bucket, proxy: FaultProxy) -> None:
-    store = moto.step_store(**through(moto, proxy))
+    store = moto.step_store(client_settings=through(proxy))
     proxy.inject(
         Fault(status=503, forward=True, method='PUT', path=r'/snapshots/'),
         Fault(status=500, forward=True, method='PUT', path=r'/log/00000000\.json'),
@@ -61,7 +61,7 @@ async def test_a_snapshot_save_and_a_seal_whose_responses_are_lost_land_once(mot
 
 
 async def test_a_memory_write_whose_response_is_lost_is_not_taken_for_a_replay(moto: Bucket, proxy: FaultProxy) -> None:
-    store = moto.memory_store(**through(moto, proxy))
+    store = moto.memory_store(client_settings=through(proxy))
     proxy.inject(Fault(status=500, forward=True, method='PUT', path=r'/memory/files/'))
     op = MemoryOperation(id='op', fingerprint='fp')
     written = await store.write('a.md', 'x', expected_version=None, operation=op)
@@ -72,7 +72,7 @@ async def test_a_memory_write_whose_response_is_lost_is_not_taken_for_a_replay(m
 
 async def test_random_transient_failures_lose_and_duplicate_nothing(moto: Bucket, proxy: FaultProxy) -> None:
     proxy.random_faults(0.25, seed=7, faults=(Fault(status=503), Fault(status=500, forward=True)))
-    store = moto.step_store(**through(moto, proxy))
+    store = moto.step_store(client_settings=through(proxy))
     for index in range(2 * SEGMENT_ENTRIES + 5):
         await store.append_event(event('r', index, key=f'{index}:0:model_request_started:'))
         if index % 10 == 0:
