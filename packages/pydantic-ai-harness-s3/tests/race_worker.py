@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from scripts import at, event, snapshot
 
 SHARED_EVENTS = 27
-OWN_EVENTS = 10
+OWN_EVENTS = len(range(0, SHARED_EVENTS, 3))  # every third shared index
 TOOL_CALLS = 6
 REPLAYED_STARTS = 8
 RETRY = RetryPolicy(max_attempts=200, max_elapsed=240.0, initial_backoff=0.005, max_backoff=0.3)

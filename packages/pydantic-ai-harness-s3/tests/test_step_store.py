@@ -219,3 +219,13 @@ async def test_a_corrupt_head_is_reported_and_left_untouched(s3: Bucket) -> None
         await s3.step_store().append_event(event('r', 1, key='b'))
     body = await (await s3.raw.get_object(Bucket=s3.bucket, Key='agents/steps/r/head.json'))['Body'].read()
     assert body == b'{"not": "a head"}'
+
+
+async def test_a_snapshot_saved_by_two_writers_is_stored_once(s3: Bucket) -> None:
+    """A writer whose view of the head is stale uploads, finds the key saved meanwhile, and removes its upload."""
+    late, early = s3.step_store(), s3.step_store()
+    await late.append_event(event('r', 0, key='a'))  # `late` now holds the head as it was then
+    await early.save_snapshot(snapshot('r', 2, key='0:2:complete'))
+    await late.save_snapshot(snapshot('r', 2, key='0:2:complete'))
+    assert len(await s3.step_store().list_snapshots(run_id='r')) == 1
+    assert len(await s3.keys('agents/steps/r/snapshots/')) == 1

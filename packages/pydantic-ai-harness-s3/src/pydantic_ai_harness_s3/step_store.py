@@ -310,7 +310,8 @@ class S3StepStore(S3Store):
             return Change(snapshot, None)
 
         await body.update(create, expect_missing=True)
-        await self._append(snapshot.run_id, _append_snapshot(snapshot, object_key))
+        if not await self._append(snapshot.run_id, _append_snapshot(snapshot, object_key)):
+            await self._discard(body)  # another writer saved this key first: the upload is referenced by nothing
 
     async def latest_snapshot(self, *, run_id: str, include_interrupted: bool = False) -> ContinuableSnapshot | None:
         """The newest snapshot (newest `complete` one unless `include_interrupted`): two GETs at any run length."""
@@ -363,12 +364,23 @@ class S3StepStore(S3Store):
 
     # --- internals -----------------------------------------------------------------------------------------------
 
-    async def _append(self, run_id: str, change: _Append) -> None:
-        """One compare-and-swap on the head; then, if the open end is full, seal its oldest segment."""
+    async def _append(self, run_id: str, change: _Append) -> bool:
+        """One compare-and-swap on the head, then, if the open end is full, seal its oldest segment.
+
+        Returns whether the change appended anything (`False`: its idempotency key was already stored).
+        """
         head = self._head(run_id)
         appended = await head.update(change)
         if appended.to_seal:
             await self._seal(run_id, appended.segment, appended.to_seal)
+        return appended.stored
+
+    @staticmethod
+    async def _discard(upload: CasObject[Any]) -> None:
+        """Delete an object this store uploaded and nothing refers to (its name is random: no one else writes it)."""
+        _, etag = await upload.load_versioned()
+        if etag is not None:
+            await upload.delete(etag)
 
     async def _seal(self, run_id: str, segment: int, entries: tuple[_EventEntry | _SnapshotEntry, ...]) -> None:
         """Write segment `segment` (create-only), then drop its entries from the head.
