@@ -1,0 +1,467 @@
+"""`S3StepStore`: pydantic-ai-harness's `StepStore` in S3, safe across processes by compare-and-swap.
+
+Key layout under the store's prefix (`{rid}` is the percent-encoded run id):
+
+```text
+runs/{rid}.json                        RunRecord; created once (If-None-Match), never rewritten
+steps/{rid}/head.json                  the run's head: the one object every append changes (If-Match)
+steps/{rid}/log/{n:08d}.json           sealed segment n: 32 log entries, immutable
+steps/{rid}/snapshots/{uuid}.json      one ContinuableSnapshot each, immutable
+steps/{rid}/tool-effects/{tcid}.json   one ToolEffectRecord per tool call, changed by compare-and-swap
+```
+
+The head holds the open end of the run's log (at most a segment's worth of events and snapshot references, each
+with the sequence number the head assigned), the recent idempotency keys, and references to the newest snapshot
+and the newest `complete` one. An append is one compare-and-swap on the head, so sequence numbers are assigned in
+one order, without gaps, and a key is checked and recorded in the same write that stores the event. When the open
+end fills up, its oldest entries are written out as an immutable segment and only then dropped from the head, so
+the head stays small however long the run grows, and nothing is ever in neither place.
+"""
+
+from __future__ import annotations as _annotations
+
+import asyncio
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic_ai_harness.step_persistence import (
+    ContinuableSnapshot,
+    RunRecord,
+    SnapshotState,
+    StepEvent,
+    ToolEffectRecord,
+)
+from typing_extensions import Unpack
+
+from pydantic_s3_cas import CasObject, Change, S3PersistenceError
+
+from ._location import S3Options, S3Store, key_part
+
+__all__ = ('S3StepStore', 'RunAlreadyRegisteredError', 'SEGMENT_ENTRIES', 'KEY_WINDOW')
+
+SEGMENT_ENTRIES = 32
+"""Log entries per sealed segment; the head holds fewer than twice this many."""
+KEY_WINDOW = 64
+"""Idempotency keys the head remembers exactly, per kind (events, snapshots)."""
+
+
+class RunAlreadyRegisteredError(ValueError):
+    """`register_run` found the run id registered by another registration; nothing was overwritten."""
+
+    def __init__(self, run_id: str, uri: str) -> None:
+        self.run_id = run_id
+        super().__init__(
+            f'{uri}: run {run_id!r} is already registered by another registration and was left untouched. '
+            'A run id is single-shot: use a new run id, and conversation_id= to group runs.'
+        )
+
+
+class _EventEntry(BaseModel):
+    model_config = ConfigDict(frozen=True, extra='forbid')
+    type: Literal['event'] = 'event'
+    seq: int
+    event: StepEvent
+
+
+class _SnapshotEntry(BaseModel):
+    model_config = ConfigDict(frozen=True, extra='forbid')
+    type: Literal['snapshot'] = 'snapshot'
+    seq: int
+    object: str
+    """The snapshot's key below the run's folder, `snapshots/{uuid}.json`."""
+    state: SnapshotState
+    idempotency_key: str | None = None
+
+
+_Entry = Annotated[_EventEntry | _SnapshotEntry, Field(discriminator='type')]
+
+
+class _Head(BaseModel):
+    """The run's compare-and-swap point. Change functions build a new one and never modify the one they get."""
+
+    model_config = ConfigDict(frozen=True, extra='forbid')
+    format: Literal[1] = 1
+    next_event: int = 0
+    next_snapshot: int = 0
+    sealed_segments: int = 0
+    open: tuple[_Entry, ...] = ()
+    """Log entries not yet in a sealed segment, oldest first."""
+    event_keys: tuple[str, ...] = ()
+    """The most recent event idempotency keys, oldest first (at most `KEY_WINDOW`)."""
+    event_key_floor: int = -1
+    """The highest StepPersistence key index (`{index}:...`) that has left `event_keys`: older indexes were seen."""
+    snapshot_keys: tuple[str, ...] = ()
+    snapshot_high_water: int = -1
+    snapshot_keys_at_high_water: tuple[str, ...] = ()
+    latest: _SnapshotEntry | None = None
+    latest_complete: _SnapshotEntry | None = None
+
+
+_HEAD = TypeAdapter(_Head)
+_Segment = tuple[_EventEntry | _SnapshotEntry, ...]
+_SEGMENT: TypeAdapter[_Segment] = TypeAdapter(tuple[_Entry, ...])
+_RUN = TypeAdapter(RunRecord)
+_SNAPSHOT = TypeAdapter(ContinuableSnapshot)
+_TOOL_EFFECT = TypeAdapter(ToolEffectRecord)
+
+
+def _key_index(key: str) -> int | None:
+    """The leading `{index}:` StepPersistence puts in its keys (events and snapshots), if `key` has one."""
+    head, separator, _ = key.partition(':')
+    if not separator or not head.isdigit():
+        return None
+    return int(head)
+
+
+def _event_seen(head: _Head, key: str) -> bool:
+    if key in head.event_keys:
+        return True
+    index = _key_index(key)
+    return index is not None and index <= head.event_key_floor
+
+
+def _snapshot_seen(head: _Head, key: str) -> bool:
+    """As `InMemoryStepStore` decides: a key below the high-water index, or one already recorded, was saved."""
+    index = _key_index(key)
+    if index is not None and head.snapshot_high_water >= 0:
+        if index < head.snapshot_high_water:
+            return True
+        if index == head.snapshot_high_water and key in head.snapshot_keys_at_high_water:
+            return True
+    return key in head.snapshot_keys
+
+
+def _remember_event_key(head: _Head, key: str) -> dict[str, Any]:
+    keys = (*head.event_keys, key)
+    floor = head.event_key_floor
+    for evicted in keys[:-KEY_WINDOW]:
+        index = _key_index(evicted)
+        if index is not None:
+            floor = max(floor, index)
+    return {'event_keys': keys[-KEY_WINDOW:], 'event_key_floor': floor}
+
+
+def _remember_snapshot_key(head: _Head, key: str) -> dict[str, Any]:
+    update: dict[str, Any] = {'snapshot_keys': (*head.snapshot_keys, key)[-KEY_WINDOW:]}
+    index = _key_index(key)
+    if index is not None:
+        if index > head.snapshot_high_water:
+            update |= {'snapshot_high_water': index, 'snapshot_keys_at_high_water': (key,)}
+        elif index == head.snapshot_high_water:
+            update['snapshot_keys_at_high_water'] = (*head.snapshot_keys_at_high_water, key)
+    return update
+
+
+def _head_or_empty(head: _Head | None) -> _Head:
+    return head if head is not None else _Head()
+
+
+@dataclass(frozen=True)
+class _Appended:
+    """What an append decided: whether it stored anything, and the segment to seal next, if one is full."""
+
+    stored: bool
+    segment: int = 0
+    to_seal: tuple[_EventEntry | _SnapshotEntry, ...] = ()
+
+
+_Append = Callable[[_Head | None], Change[_Head | None, _Appended]]
+
+
+def _with_entry(head: _Head, entry: _EventEntry | _SnapshotEntry, **update: Any) -> Change[_Head | None, _Appended]:
+    new = head.model_copy(update={'open': (*head.open, entry), **update})
+    full = new.open[:SEGMENT_ENTRIES] if len(new.open) >= SEGMENT_ENTRIES else ()
+    return Change(new, _Appended(True, new.sealed_segments, tuple(full)))
+
+
+def _append_event(event: StepEvent) -> _Append:
+    def change(stored: _Head | None) -> Change[_Head | None, _Appended]:
+        head = _head_or_empty(stored)
+        key = event.idempotency_key
+        if key is not None and _event_seen(head, key):
+            return Change(None, _Appended(False))
+        update = {'next_event': head.next_event + 1}
+        if key is not None:
+            update |= _remember_event_key(head, key)
+        return _with_entry(head, _EventEntry(seq=head.next_event, event=event), **update)
+
+    return change
+
+
+def _append_snapshot(snapshot: ContinuableSnapshot, object_key: str) -> _Append:
+    def change(stored: _Head | None) -> Change[_Head | None, _Appended]:
+        head = _head_or_empty(stored)
+        key = snapshot.idempotency_key
+        if key is not None and _snapshot_seen(head, key):
+            return Change(None, _Appended(False))
+        entry = _SnapshotEntry(seq=head.next_snapshot, object=object_key, state=snapshot.state, idempotency_key=key)
+        update: dict[str, Any] = {'next_snapshot': head.next_snapshot + 1, 'latest': entry}
+        if snapshot.state == 'complete':
+            update['latest_complete'] = entry
+        if key is not None:
+            update |= _remember_snapshot_key(head, key)
+        return _with_entry(head, entry, **update)
+
+    return change
+
+
+def _drop_sealed(segment: int, count: int) -> Callable[[_Head | None], Change[_Head | None, None]]:
+    """Drop the first `count` open entries once segment `segment` holds them (a no-op if someone else did)."""
+
+    def change(stored: _Head | None) -> Change[_Head | None, None]:
+        head = _head_or_empty(stored)
+        if head.sealed_segments != segment:
+            return Change(None, None)
+        return Change(head.model_copy(update={'open': head.open[count:], 'sealed_segments': segment + 1}), None)
+
+    return change
+
+
+def _peek(stored: _Head | None) -> Change[_Head | None, _Head]:
+    """Read without writing: the head as the store last knew it (no request when it wrote it itself)."""
+    return Change(None, _head_or_empty(stored))
+
+
+class S3StepStore(S3Store):
+    """A pydantic-ai-harness `StepStore` keeping each run in S3, for workers in any number of processes.
+
+    ```python
+    store = S3StepStore(bucket='my-bucket', prefix='agent-runs/')
+    agent = Agent('openai:gpt-5', capabilities=[StepPersistence(store=store)])
+    ```
+
+    Takes `(bucket=..., prefix='', **options)`, as every store of this package does (see `S3Store`).
+    """
+
+    def __init__(self, *, bucket: str, prefix: str = '', **options: Unpack[S3Options]) -> None:
+        super().__init__(bucket=bucket, prefix=prefix, **options)
+        # Objects this store wrote or read recently, kept for the ETag they cache: a writer that is alone on a
+        # run then changes them with one PUT, without reading them first.
+        self._recent: OrderedDict[str, CasObject[Any]] = OrderedDict()
+
+    # --- runs ---------------------------------------------------------------------------------------------------
+
+    async def register_run(self, record: RunRecord) -> None:
+        """Create the run's record; only a retry of the same registration (same `registration_id`) may find it.
+
+        Raises `RunAlreadyRegisteredError` (a `ValueError`, as the harness's SQL stores raise) for any other.
+        """
+        run = self._run_object(record.run_id)
+
+        def create(existing: RunRecord | None) -> Change[RunRecord | None, None]:
+            if existing is None:
+                return Change(record, None)
+            if record.registration_id is not None and existing.registration_id == record.registration_id:
+                return Change(None, None)
+            raise RunAlreadyRegisteredError(record.run_id, f's3://{run.bucket}/{run.key}')
+
+        await run.update(create, expect_missing=True)
+
+    async def get_run(self, *, run_id: str) -> RunRecord | None:
+        return await self._run_object(run_id).load()
+
+    async def list_runs(
+        self, *, parent_run_id: str | None = None, conversation_id: str | None = None
+    ) -> list[RunRecord]:
+        """Matching runs sorted by `started_at`: one listing of `runs/`, then each record read concurrently."""
+        keys = [info.key async for info in self.location.list('runs/') if info.key.endswith('.json')]
+        prefix_length = len(self.location.prefix)
+        loaded = await asyncio.gather(*(self.location.object(key[prefix_length:], _RUN).load() for key in keys))
+        records = [
+            record
+            for record in loaded
+            if record is not None
+            and (parent_run_id is None or record.parent_run_id == parent_run_id)
+            and (conversation_id is None or record.conversation_id == conversation_id)
+        ]
+        return sorted(records, key=lambda record: record.started_at)
+
+    # --- the log: events and snapshots ----------------------------------------------------------------------------
+
+    async def append_event(self, event: StepEvent) -> None:
+        """Append `event` with the next sequence number, unless its idempotency key was already stored."""
+        await self._append(event.run_id, _append_event(event))
+
+    async def list_events(self, *, run_id: str) -> list[StepEvent]:
+        """Every event of the run in sequence order: the head, then its sealed segments read concurrently."""
+        entries = await self._log(run_id)
+        return [entry.event for entry in entries if isinstance(entry, _EventEntry)]
+
+    async def save_snapshot(self, snapshot: ContinuableSnapshot) -> None:
+        """Store `snapshot` once (by idempotency key) and make it the run's latest.
+
+        The snapshot is written to an object of its own before the head refers to it, so a reader never finds a
+        reference to a snapshot that is not there. A key the head already knows skips the upload.
+        """
+        head = self._head(snapshot.run_id)
+        key = snapshot.idempotency_key
+        if key is not None and _snapshot_seen(await head.update(_peek), key):
+            return
+        object_key = f'snapshots/{uuid.uuid4().hex}.json'
+        body = self._run_folder_object(snapshot.run_id, object_key, _SNAPSHOT)
+
+        def create(existing: ContinuableSnapshot | None) -> Change[ContinuableSnapshot | None, None]:
+            if existing is not None:  # a fresh random name: only our own earlier attempt can be there
+                return Change(None, None)
+            return Change(snapshot, None)
+
+        await body.update(create, expect_missing=True)
+        if not await self._append(snapshot.run_id, _append_snapshot(snapshot, object_key)):
+            await self._discard(body)  # another writer saved this key first: the upload is referenced by nothing
+
+    async def latest_snapshot(self, *, run_id: str, include_interrupted: bool = False) -> ContinuableSnapshot | None:
+        """The newest snapshot (newest `complete` one unless `include_interrupted`): two GETs at any run length."""
+        head = await self._head(run_id).load()
+        if head is None:
+            return None
+        entry = head.latest if include_interrupted else head.latest_complete
+        if entry is None:
+            return None
+        return await self._load_snapshot(run_id, entry)
+
+    async def list_snapshots(self, *, run_id: str, include_interrupted: bool = False) -> list[ContinuableSnapshot]:
+        """Every snapshot of the run in save order (only `complete` ones unless `include_interrupted`)."""
+        entries = [
+            entry
+            for entry in await self._log(run_id)
+            if isinstance(entry, _SnapshotEntry) and (include_interrupted or entry.state == 'complete')
+        ]
+        return list(await asyncio.gather(*(self._load_snapshot(run_id, entry) for entry in entries)))
+
+    # --- tool effects ---------------------------------------------------------------------------------------------
+
+    async def record_tool_effect(self, record: ToolEffectRecord) -> None:
+        """Upsert the record of `(run_id, tool_call_id)` by compare-and-swap.
+
+        A `started` record never replaces a `completed` or `failed` one: a late or replayed start must not make a
+        finished call look in flight (and so be run again) after a crash.
+        """
+
+        def upsert(existing: ToolEffectRecord | None) -> Change[ToolEffectRecord | None, None]:
+            if existing is not None and existing.status != 'started' and record.status == 'started':
+                return Change(None, None)
+            return Change(record, None)
+
+        # A start is normally the call's first record: try to create it without reading first.
+        creating = record.status == 'started'
+        await self._tool_effect_object(record.run_id, record.tool_call_id).update(upsert, expect_missing=creating)
+
+    async def get_tool_effect(self, *, run_id: str, tool_call_id: str) -> ToolEffectRecord | None:
+        return await self._tool_effect_object(run_id, tool_call_id).load()
+
+    async def list_unresolved_tool_effects(self, *, run_id: str) -> list[ToolEffectRecord]:
+        """The run's tool calls whose latest record is `started`, oldest start first (a listing, then reads)."""
+        folder = f'steps/{key_part(run_id, what="run_id")}/'
+        prefix_length = len(self.location.prefix)
+        keys = [info.key[prefix_length:] async for info in self.location.list(folder + 'tool-effects/')]
+        loaded = await asyncio.gather(*(self.location.object(key, _TOOL_EFFECT, run_id=run_id).load() for key in keys))
+        started = [record for record in loaded if record is not None and record.status == 'started']
+        return sorted(started, key=lambda record: (record.started_at, record.tool_call_id))
+
+    # --- internals -----------------------------------------------------------------------------------------------
+
+    async def _append(self, run_id: str, change: _Append) -> bool:
+        """One compare-and-swap on the head, then, if the open end is full, seal its oldest segment.
+
+        Returns whether the change appended anything (`False`: its idempotency key was already stored).
+        """
+        head = self._head(run_id)
+        appended = await head.update(change)
+        if appended.to_seal:
+            await self._seal(run_id, appended.segment, appended.to_seal)
+        return appended.stored
+
+    @staticmethod
+    async def _discard(upload: CasObject[Any]) -> None:
+        """Delete an object this store uploaded and nothing refers to (its name is random: no one else writes it)."""
+        _, etag = await upload.load_versioned()
+        if etag is not None:
+            await upload.delete(etag)
+
+    async def _seal(self, run_id: str, segment: int, entries: tuple[_EventEntry | _SnapshotEntry, ...]) -> None:
+        """Write segment `segment` (create-only), then drop its entries from the head.
+
+        Several writers may seal the same segment: they write the same entries, so a segment already there is
+        checked, not rewritten. A writer that dies in between leaves the entries in the head, and the next
+        append seals them again.
+        """
+        sealed = self._run_folder_object(run_id, f'log/{segment:08d}.json', _SEGMENT)
+
+        def create(existing: _Segment | None) -> Change[_Segment | None, None]:
+            if existing is None:
+                return Change(entries, None)
+            if existing != entries:
+                raise S3PersistenceError(
+                    sealed.bucket,
+                    sealed.key,
+                    'sealed log segment differs from the head it was sealed from; '
+                    'it was left untouched. Another writer with a different layout may share this prefix.',
+                )
+            return Change(None, None)
+
+        await sealed.update(create, expect_missing=True)
+        await self._head(run_id).update(_drop_sealed(segment, len(entries)))
+
+    async def _log(self, run_id: str) -> list[_EventEntry | _SnapshotEntry]:
+        """The run's whole log in order: a fresh read of the head, then each sealed segment (immutable)."""
+        head = await self._head(run_id).load()
+        if head is None:
+            return []
+        segments = await asyncio.gather(
+            *(
+                self._run_folder_object(run_id, f'log/{n:08d}.json', _SEGMENT).load()
+                for n in range(head.sealed_segments)
+            )
+        )
+        entries: list[_EventEntry | _SnapshotEntry] = []
+        for n, segment in enumerate(segments):
+            if segment is None:
+                raise S3PersistenceError(
+                    self.location.bucket,
+                    f'{self.location.prefix}steps/{key_part(run_id, what="run_id")}/log/{n:08d}.json',
+                    'sealed log segment is missing though the head counts it. Restore it from a backup or '
+                    'bucket versioning; the events it held cannot be listed without it.',
+                )
+            entries.extend(segment)
+        entries.extend(head.open)
+        return entries
+
+    async def _load_snapshot(self, run_id: str, entry: _SnapshotEntry) -> ContinuableSnapshot:
+        snapshot: ContinuableSnapshot | None = await self._run_folder_object(run_id, entry.object, _SNAPSHOT).load()
+        if snapshot is None:
+            raise S3PersistenceError(
+                self.location.bucket,
+                f'{self.location.prefix}steps/{key_part(run_id, what="run_id")}/{entry.object}',
+                f'snapshot {entry.seq} is missing though the head refers to it. Restore it from a backup or '
+                'bucket versioning.',
+            )
+        return snapshot
+
+    def _head(self, run_id: str) -> CasObject[_Head | None]:
+        return self._kept(run_id, 'head.json', _HEAD)
+
+    def _kept(self, run_id: str, key: str, adapter: TypeAdapter[Any]) -> CasObject[Any]:
+        """The object `key` of the run's folder, the same instance (and cached ETag) for the last 256 used."""
+        name = f'{key_part(run_id, what="run_id")}/{key}'
+        kept = self._recent.get(name)
+        if kept is None:
+            kept = self._recent[name] = self._run_folder_object(run_id, key, adapter)
+            if len(self._recent) > 256:
+                self._recent.popitem(last=False)
+        else:
+            self._recent.move_to_end(name)
+        return kept
+
+    def _run_object(self, run_id: str) -> CasObject[RunRecord | None]:
+        return self.location.object(f'runs/{key_part(run_id, what="run_id")}.json', _RUN, run_id=run_id)
+
+    def _run_folder_object(self, run_id: str, key: str, adapter: TypeAdapter[Any]) -> CasObject[Any]:
+        return self.location.object(f'steps/{key_part(run_id, what="run_id")}/{key}', adapter, run_id=run_id)
+
+    def _tool_effect_object(self, run_id: str, tool_call_id: str) -> CasObject[ToolEffectRecord | None]:
+        call = key_part(tool_call_id, what='tool_call_id')
+        return self._kept(run_id, f'tool-effects/{call}.json', _TOOL_EFFECT)
