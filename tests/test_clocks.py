@@ -65,14 +65,14 @@ async def test_a_skewed_worker_stamps_claims_with_the_s3_clock(s3: S3Bucket, mon
     assert abs(claim.claimed_at - datetime.now(tz=UTC)) < timedelta(seconds=5)
 
 
-async def set_claim(s3: S3Bucket, run_id: str, **claim: Any) -> bytes:
+async def set_claim(s3: S3Bucket, run_id: str, **claim: Any) -> str:
     """Store a run whose only node snapshot is `pending` under the given claim, as some worker left it."""
     await worker(s3, run_id).snapshot_node(CountDownState(1), CountDown())
     items = json.loads((await s3.get(f'runs/{run_id}.json'))[0])
     items[0]['status'] = 'pending'
     items[0]['claim'] = {'token': 'a' * 32, 'attempt': 1, **claim}
     await s3.put(f'runs/{run_id}.json', json.dumps(items, indent=2).encode())
-    return items[0]['id']
+    return str(items[0]['id'])
 
 
 @pytest.mark.parametrize('claimed_at', [datetime.now(tz=UTC) + timedelta(days=1), datetime(9999, 1, 1, tzinfo=UTC)])
@@ -149,4 +149,4 @@ async def test_a_put_that_lands_after_the_retry_reread_is_recognised(s3: S3Bucke
     assert calls >= 2 and fresh.stats.conflicts >= 1
     assert isinstance(claimed, NodeSnapshot) and claimed.status == 'pending'
     (snapshot,) = await fresh.load_all()
-    assert snapshot.status == 'pending'
+    assert isinstance(snapshot, NodeSnapshot) and snapshot.status == 'pending'
