@@ -349,3 +349,13 @@ async def test_stats_count_segment_requests(s3: S3Bucket) -> None:
     segments = len([k for k in await keys(s3) if '~' in k])
     assert segments >= 2 and persistence.stats.puts == 1 + 2 * 10 + segments
     assert persistence.stats.gets == 1 + 1 + segments, 'load_all read the head and each segment once'
+
+
+async def test_load_tail_reads_only_the_head(s3: S3Bucket) -> None:
+    await pad_graph.run(Pad(), state=PadState(9, 'x' * PAD), persistence=s3.persistence('tail'))
+    persistence = s3.persistence('tail')
+    persistence.set_graph_types(pad_graph)
+    tail = await persistence.load_tail()
+    assert persistence.stats.gets == 1, 'no segment read'
+    history = await persistence.load_all()
+    assert len(tail.snapshots) < len(history) and tail.snapshots == history[-len(tail.snapshots) :]

@@ -11,7 +11,7 @@ part of an ordinary write and never a write of its own.
 
 from __future__ import annotations as _annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cached_property
@@ -46,7 +46,7 @@ class SnapshotTypes:
     def snapshot(self, element: Element) -> Snapshot[Any, Any]:
         return self.snapshots([element])[0]
 
-    def snapshots(self, elements: list[Element] | tuple[Element, ...]) -> list[Snapshot[Any, Any]]:
+    def snapshots(self, elements: Sequence[Element]) -> list[Snapshot[Any, Any]]:
         """Elements validated with the graph's types (unknown keys are ignored). Raises `ValueError`."""
         try:
             return self.adapter.validate_json(render_list(e.raw for e in elements))
@@ -57,7 +57,7 @@ class SnapshotTypes:
         except (TypeError, AttributeError, KeyError) as e:  # a node that is not an object trips the discriminator
             raise ValueError(f'not a snapshot list: {type(e).__name__}') from None
 
-    def check_nodes(self, elements: tuple[Element, ...] | list[Element], first_index: int = 0) -> None:
+    def check_nodes(self, elements: Sequence[Element], first_index: int = 0) -> None:
         # pydantic-graph only discriminates on node_id when a graph has several node types: with one, any node_id
         # validates, and another graph's run would be taken for ours and overwritten.
         for index, element in enumerate(elements, first_index):

@@ -251,7 +251,7 @@ def decode_head(body: bytes) -> RunHead:
     return _checked(RunHead(tuple(snapshots), segment_id, segments, sealed))
 
 
-def decode_segment(body: bytes, expected_snapshots: int | None = None) -> list[Element]:
+def decode_segment(body: bytes) -> list[Element]:
     """The finished snapshots of one segment. Raises `ValueError` on a list that cannot be a segment."""
     elements = split_list(body)
     if not elements or any(not e.finished for e in elements):
