@@ -5,9 +5,11 @@ from pydantic_s3_cas import (
     BucketNotFoundError,
     CasStats,
     ClientSettings,
+    ClockSkewError,
     ConditionalWritesUnsupportedError,
     CorruptObjectError,
     CredentialsError,
+    DeadlineExceededError,
     EndpointUnreachableError,
     ObjectChangedError,
     ObjectExistsError,
@@ -61,4 +63,6 @@ __all__ = (
     'ObjectExistsError',
     'ObjectChangedError',
     'RetriesExhaustedError',
+    'ClockSkewError',
+    'DeadlineExceededError',
 )

@@ -51,9 +51,12 @@ from pydantic_s3_cas import (
     RetryPolicy,
     S3PersistenceError,
     ensure_conditional_writes,
+    quoted,
     shared_client,
 )
 from pydantic_s3_cas.telemetry import span
+
+from ._messages import describe_validation_error
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -68,6 +71,8 @@ __all__ = (
     'recover_run',
     'run_object_key',
     'validate_run_id',
+    'validate_prefix',
+    'UnfencedClaimError',
     'decode_snapshot_list',
 )
 
@@ -128,6 +133,21 @@ class ClaimLostError(S3PersistenceError):
         )
 
 
+class UnfencedClaimError(S3PersistenceError):
+    """`recover` refused: a step is claimed by a worker without `reclaim_after`, whose claim has no token."""
+
+    def __init__(self, bucket: str, key: str, snapshot_ids: list[str]) -> None:
+        self.snapshot_ids = snapshot_ids
+        super().__init__(
+            bucket,
+            key,
+            f'not recovered: node snapshot(s) {", ".join(snapshot_ids)} are claimed by a worker running without '
+            'reclaim_after, whose claim carries no token, so it cannot be fenced: if it is only slow, not dead, it '
+            'will write its successor too and the run forks into two branches. Nothing was changed. Recover anyway '
+            '(recover(force=True), runs recover --force) only when you know that worker is gone.',
+        )
+
+
 class _Fenced(Exception):
     """Raised inside a change function when its claim is not current; `_update` turns it into `ClaimLostError`."""
 
@@ -157,15 +177,29 @@ def validate_run_id(run_id: str) -> str:
     """
     if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id) or run_id in {'.', '..'}:
         raise ValueError(
-            f'invalid run id {run_id!r}: use 1 to 200 characters of letters, digits, ".", "_", "=" and "-" '
+            f'invalid run id {quoted(run_id)}: use 1 to 200 characters of letters, digits, ".", "_", "=" and "-" '
             '(not "." or "..")'
         )
     return run_id
 
 
+def validate_prefix(prefix: str) -> str:
+    """Return `prefix` if it names a folder (`''`, or ending with `/`), else raise `ValueError`.
+
+    Without the slash, prefix `runs` would share keys with prefix `runs-v2` (`runs-v2abc.json` is run `-v2abc`
+    of one and run `abc` of the other), so one deployment would answer and delete the other's runs.
+    """
+    if not isinstance(prefix, str) or (prefix and not prefix.endswith('/')):
+        raise ValueError(
+            f'invalid prefix {quoted(prefix)}: a prefix names a folder, so it must be empty or end with "/". '
+            'Add the slash if your runs are stored under it; a prefix without one shares keys with other prefixes.'
+        )
+    return prefix
+
+
 def run_object_key(prefix: str, run_id: str) -> str:
     """The object key of a run: `{prefix}{run_id}.json`."""
-    return f'{prefix}{validate_run_id(run_id)}.json'
+    return f'{validate_prefix(prefix)}{validate_run_id(run_id)}.json'
 
 
 @functools.lru_cache(maxsize=256)
@@ -204,15 +238,13 @@ class _SnapshotListCodec:
     node_ids: frozenset[str]
 
     def decode(self, body: bytes) -> RunRecord:
+        # Messages without the stored values (and `from None`): they end up in logs (see `_messages`).
         try:
             snapshots = self.adapter.validate_json(body)
         except pydantic.ValidationError as e:
-            errors = e.errors(include_url=False)
-            first = errors[0]
-            where = '.'.join(str(part) for part in first['loc']) or 'top level'
-            raise ValueError(f'{len(errors)} validation error(s); at {where}: {first["msg"]}') from e
+            raise ValueError(f'{e.error_count()} validation error(s); at {describe_validation_error(e)}') from None
         except (TypeError, AttributeError, KeyError) as e:  # a node that is not an object trips the discriminator
-            raise ValueError(f'not a snapshot list: {type(e).__name__}: {e}') from e
+            raise ValueError(f'not a snapshot list: {type(e).__name__}') from None
         if len(self.node_ids) == 1:
             self._check_node_ids(body)
         return RunRecord(snapshots, self._claims(body) if b'"claim"' in body else {})
@@ -224,7 +256,7 @@ class _SnapshotListCodec:
             node = item.get('node') if item.get('kind') == 'node' else None
             if node is not None and node.get('node_id') not in self.node_ids:
                 raise ValueError(
-                    f'snapshot {index} is of node {node.get("node_id")!r}, which is not in this graph '
+                    f'snapshot {index} is of node {quoted(node.get("node_id"))}, which is not in this graph '
                     f'(nodes: {", ".join(sorted(self.node_ids))})'
                 )
 
@@ -383,18 +415,25 @@ class S3StatePersistence(BaseStatePersistence[StateT, RunEndT]):
         with self._traced('load_record'):
             return await self._cas().load()
 
-    async def recover(self) -> list[str]:
+    async def recover(self, *, force: bool = False) -> list[str]:
         """Make a run whose worker died mid-step runnable again now, without waiting for `reclaim_after`.
 
         Every node snapshot left `pending` or `running` goes back to `created`, and its claim gets a token that
         nobody holds, so a worker that still held it after all is fenced (`ClaimLostError`) when it uses a claim;
-        its attempt count is kept. Returns the ids of the snapshots made runnable. For an operator who knows the
-        step's worker is gone: a worker without `reclaim_after` holds no token, and so cannot be fenced.
+        its attempt count is kept. Returns the ids of the snapshots made runnable.
+
+        A step claimed by a worker without `reclaim_after` has no token, so that worker cannot be fenced: if it is
+        merely slow, recovering forks the run. Such a run is refused (`UnfencedClaimError`, nothing changed)
+        unless `force`, for an operator who knows that worker is gone.
         """
         if self.should_set_types():
             raise ValueError(f"{self.uri}: recovering a run needs its graph's types: pass the graph (--graph)")
         with self._traced('recover'):
-            return await self._update(partial(_release_claims, _new_token(), datetime.now(tz=UTC)))
+            try:
+                return await self._update(partial(_release_claims, _new_token(), datetime.now(tz=UTC), force))
+            except _Unfenced as e:
+                unfenced = e.snapshot_ids
+            raise UnfencedClaimError(self.bucket, self.key, unfenced)
 
     def should_set_types(self) -> bool:
         """Whether types need to be set."""
@@ -512,9 +551,9 @@ class S3StatePersistence(BaseStatePersistence[StateT, RunEndT]):
         return client
 
 
-async def recover_run(persistence: S3StatePersistence[Any, Any]) -> list[str]:
-    """`persistence.recover()`: what the `pydantic-graph-s3 runs recover` command calls."""
-    return await persistence.recover()
+async def recover_run(persistence: S3StatePersistence[Any, Any], *, force: bool = False) -> list[str]:
+    """`persistence.recover(force=force)`: what the `pydantic-graph-s3 runs recover [--force]` command calls."""
+    return await persistence.recover(force=force)
 
 
 def _detached(snapshot: S) -> S:
@@ -552,7 +591,10 @@ def _claim_next_created(run: RunRecord) -> Change[RunRecord, NodeSnapshot[Any, A
     for index, snapshot in enumerate(run.snapshots):
         if isinstance(snapshot, NodeSnapshot) and snapshot.status == 'created':
             claimed = replace(snapshot, status='pending')
-            return Change(run.with_snapshot(index, claimed), _detached(claimed))
+            # A claim without a token: drop any claim `recover` left, which is not this worker's and would hide
+            # from the next `recover` that this step's holder cannot be fenced.
+            claims = {k: v for k, v in run.claims.items() if k != snapshot.id}
+            return Change(RunRecord(run.with_snapshot(index, claimed).snapshots, claims), _detached(claimed))
     return Change(None, None)
 
 
@@ -603,8 +645,23 @@ def _claim_next(
     return Change(None, None)
 
 
-def _release_claims(token: str, now: datetime, run: RunRecord) -> Change[RunRecord, list[str]]:
+class _Unfenced(Exception):
+    """Raised inside `_release_claims` when a claimed snapshot has no claim token; `recover` reports it."""
+
+    def __init__(self, snapshot_ids: list[str]) -> None:
+        super().__init__(', '.join(snapshot_ids))
+        self.snapshot_ids = snapshot_ids
+
+
+def _release_claims(token: str, now: datetime, force: bool, run: RunRecord) -> Change[RunRecord, list[str]]:
     """Every `pending` or `running` node snapshot back to `created`, under a claim token nobody holds."""
+    unfenced = [
+        s.id
+        for s in run.snapshots
+        if isinstance(s, NodeSnapshot) and s.status in ('pending', 'running') and s.id not in run.claims
+    ]
+    if unfenced and not force:
+        raise _Unfenced(unfenced)
     released: list[str] = []
     for index, snapshot in enumerate(run.snapshots):
         if isinstance(snapshot, NodeSnapshot) and snapshot.status in ('pending', 'running'):
