@@ -255,9 +255,7 @@ async def test_a_node_that_raises_fails_the_run(s3: S3Bucket) -> None:
     w = worker(s3, boom_graph)
     await w.start('boom', Boom(), CountDownState(counter=3))
     result = await w.advance('boom')
-    assert result == StepResult(
-        run_id='boom', status='failed', steps=0, next_node=None, error=result.error
-    )
+    assert result == StepResult(run_id='boom', status='failed', steps=0, next_node=None, error=result.error)
     [snapshot] = await history(s3, 'boom', boom_graph)
     # The exception's type, not its message, which may quote state values ('cannot count from 3').
     assert result.error == f'ValueError: node Boom failed (snapshot {snapshot.id})'
