@@ -55,6 +55,7 @@ def test_a_503_burst_on_any_write_never_strands_a_run_under_default_settings() -
     assert figures['failures'] == []
     assert (figures['runs_finished'], figures['forks'], figures['manual_steps']) == (4, 0, 0)
     # Each burst made an invocation give up, and the stranded claims (running, success) were taken over.
-    assert figures['by_write'] == {'start': 1, 'claim': 1, 'running': 1, 'success+successor': 1}
+    assert sorted(figures['by_write']) == ['claim', 'running', 'start', 'success+successor']
+    assert min(figures['by_write'].values()) >= 1
     assert figures['reclaims'] >= 2
     assert figures['faults'] == 4 * 12
