@@ -53,6 +53,9 @@ from .test_lambda_handler import Bucket, FakeContext, sqs_record, start_event
 pytestmark = pytest.mark.anyio
 
 MARKER = 'MARKER-7f3a-secret-value'
+"""A state value that a validator refuses, quoting it."""
+LEAK = 'LEAK-2b9d-secret-value'
+"""A state value that is accepted, and that a node's exception quotes."""
 
 
 def worker(s3: S3Bucket, graph: Graph[Any, Any, Any] = count_down_graph, **options: Any) -> GraphWorker[Any, Any, Any]:
@@ -236,7 +239,19 @@ class Echo(BaseNode[SecretState, None, str]):
         return Leak()
 
 
-secret_graph = Graph(nodes=[Echo, Leak])
+@dataclass
+class Picky(BaseNode[SecretState, None, str]):
+    label: str = ''
+
+    def __post_init__(self) -> None:
+        if self.label:
+            raise TypeError(f'cannot use label {self.label}')  # not wrapped by pydantic, unlike ValueError
+
+    async def run(self, ctx: GraphRunContext[SecretState]) -> End[str]:
+        return End(self.label)
+
+
+secret_graph = Graph(nodes=[Echo, Leak, Picky])
 
 
 def text_of(records: list[logging.LogRecord]) -> str:
@@ -248,6 +263,7 @@ def text_of(records: list[logging.LogRecord]) -> str:
 def test_no_state_value_reaches_a_log_record_an_error_or_a_step_result(
     bucket: Bucket, caplog: pytest.LogCaptureFixture
 ) -> None:
+    secrets = (MARKER, LEAK)
     # Our loggers, at every level (botocore's own DEBUG records show request bodies: a user turns those on).
     caplog.set_level(logging.DEBUG, logger='pydantic_graph_s3')
     caplog.set_level(logging.DEBUG, logger='pydantic_s3_cas')
@@ -255,11 +271,16 @@ def test_no_state_value_reaches_a_log_record_an_error_or_a_step_result(
     seen: list[str] = []
 
     # Direct: a node's exception quoting the state becomes StepResult.error without its message.
-    w.lambda_handler(start_event('leak', node={'node_id': 'Echo'}, state={'secret': f'x{MARKER[1:]}'}), None)
+    w.lambda_handler(start_event('leak', node={'node_id': 'Echo'}, state={'secret': LEAK}), None)
     failed = w.lambda_handler({'action': 'advance', 'run_id': 'leak'}, FakeContext())
     assert failed['status'] == 'failed'
     assert failed['error'].startswith('ValueError: node Leak failed (snapshot Leak:')
-    assert MARKER[1:] not in failed['error']
+    seen.append(failed['error'])
+
+    # Direct: a node field that its class refuses with a TypeError quoting it.
+    with pytest.raises(InvalidEventError, match='node: TypeError') as picky:
+        w.lambda_handler(start_event('picky', node={'node_id': 'Picky', 'label': LEAK}, state={'secret': ''}), None)
+    seen.append(str(picky.value))
 
     # Direct and EventBridge: a state value refused by a validator whose message quotes it.
     bad_start = start_event('marked', node={'node_id': 'Echo'}, state={'secret': MARKER})
@@ -269,7 +290,7 @@ def test_no_state_value_reaches_a_log_record_an_error_or_a_step_result(
             w.lambda_handler(event, FakeContext())
         seen.append(str(raised.value))
         assert raised.value.__suppress_context__  # the ValidationError (with input_value) is not chained
-    assert 'state: secret: the value was refused (value_error' in seen[0]
+    assert 'state: secret: the value was refused (value_error' in seen[-2]
 
     # SQS: the same, a bad action with the marker in its body, and a node failing on the marker.
     bodies = [
@@ -279,6 +300,20 @@ def test_no_state_value_reaches_a_log_record_an_error_or_a_step_result(
     ]
     records = [sqs_record(body, f'm{i}') for i, body in enumerate(bodies)]
     w.lambda_handler({'Records': records}, FakeContext())
+
+    # SQS: a node fails quoting the state, and recording its failure fails too (403): the storage error is
+    # logged, and the node's exception, its context, must not come with it.
+    w.lambda_handler(start_event('denied', node={'node_id': 'Leak'}, state={'secret': LEAK}), None)
+    with fault_proxy(bucket.endpoint.url) as proxy:
+        # This worker's PUTs: the claim, `running`, then the node's `error`, which is refused.
+        proxy.inject(Fault(status=403, code='AccessDenied', method='PUT', after=2, times=None))
+        denied = bucket.worker(secret_graph, client_settings=ClientSettings(endpoint_url=proxy.url))
+        reply = denied.lambda_handler(
+            {'Records': [sqs_record(json.dumps({'action': 'advance', 'run_id': 'denied'}), 'm-denied')]},
+            FakeContext(),
+        )
+        assert reply == {'batchItemFailures': [{'itemIdentifier': 'm-denied'}]}
+        assert proxy.counters['injected'] == 1
 
     # A stored run that no longer validates: CorruptObjectError without the value.
     stored = bucket.body('leak')
@@ -290,9 +325,10 @@ def test_no_state_value_reaches_a_log_record_an_error_or_a_step_result(
     assert 'state.secret' in seen[-1]
 
     logged = text_of([r for r in caplog.records if r.name.startswith(('pydantic_graph_s3', 'pydantic_s3_cas'))])
-    assert 'SQS message' in logged
-    assert MARKER not in logged
-    assert all(MARKER not in message for message in seen)
+    assert "SQS message 'm-denied' failed: AccessDeniedError" in logged
+    for secret in secrets:
+        assert secret not in logged
+        assert all(secret not in message for message in seen)
 
 
 # --- 11. bounded quotes -------------------------------------------------------------------------------------------

@@ -451,15 +451,8 @@ class GraphWorker(Generic[StateT, DepsT, RunEndT]):
         if unknown := _unknown_fields(self.graph.inferred_types[0], request.state):
             state_name = getattr(self.graph.inferred_types[0], '__name__', 'the state')
             raise InvalidEventError(f'invalid request: state: {state_name} has no field(s) {listed(unknown)}')
-        # `from None`: the pydantic error's own text, shown with a traceback, quotes the input values.
-        try:
-            node = self._node_adapter(node_class).validate_python(fields)
-        except pydantic.ValidationError as e:
-            raise InvalidEventError(f'invalid request: node: {describe_validation_error(e)}') from None
-        try:
-            state = self._state_adapter.validate_python(request.state)
-        except pydantic.ValidationError as e:
-            raise InvalidEventError(f'invalid request: state: {describe_validation_error(e)}') from None
+        node = _validated('node', self._node_adapter(node_class), fields)
+        state = _validated('state', self._state_adapter, request.state)
         return node, state
 
     def _node_adapter(self, node_class: type[BaseNode[StateT, DepsT, RunEndT]]) -> TypeAdapter[Any]:
@@ -505,6 +498,20 @@ async def _current_status(persistence: S3StatePersistence[Any, Any], run_id: str
 
 def _is_sqs_record(record: object) -> bool:
     return isinstance(record, Mapping) and record.get('eventSource') == 'aws:sqs' and 'messageId' in record
+
+
+def _validated(what: str, adapter: TypeAdapter[Any], data: object) -> Any:
+    """`data` validated by `adapter`, or `InvalidEventError` without the values (and `from None`: the pydantic error
+    or a user's exception, shown with a traceback, would quote them)."""
+    try:
+        return adapter.validate_python(data)
+    except pydantic.ValidationError as e:
+        error = InvalidEventError(f'invalid request: {what}: {describe_validation_error(e)}')
+    except Exception as e:  # e.g. a TypeError from a __post_init__, which pydantic does not wrap
+        error = InvalidEventError(
+            f'invalid request: {what}: {type(e).__name__} (message not shown: it may quote values)'
+        )
+    raise error from None
 
 
 def _reclaim_after(configured: float | Literal['never'] | None) -> timedelta | None:
