@@ -8,7 +8,6 @@ from __future__ import annotations as _annotations
 import json
 import logging
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -40,15 +39,14 @@ from pydantic_graph_s3.serverless import (
     InvalidEventError,
     StepBudget,
     WorkerSettings,
-    close_event_loop,
 )
 from pydantic_graph_s3.storage import storage_deadline
 
 from .conftest import FAST_RETRY, S3Bucket
-from .support.endpoints import S3Endpoint
 from .support.fault_proxy import Fault, FaultProxy, fault_proxy
 from .test_cli import GRAPH, cli
 from .test_lambda_handler import Bucket, FakeContext, sqs_record, start_event
+from .test_lambda_handler import bucket as bucket  # the fixture
 
 pytestmark = pytest.mark.anyio
 
@@ -435,12 +433,3 @@ async def test_a_prefix_without_a_slash_is_refused_and_never_reaches_another_pre
     pruned = [o async for o in store.prune(ended_before=datetime(2999, 1, 1, tzinfo=UTC))]
     assert [(o.run.key, o.deleted) for o in pruned] == [('runs/-v2abc.json', True)]
     assert await s3.get('runs-v2/abc.json') == before
-
-
-@pytest.fixture
-def bucket(moto_endpoint: S3Endpoint) -> Iterator[Bucket]:
-    raw = moto_endpoint.sync_client()
-    name = f'hardening-{uuid.uuid4().hex[:16]}'
-    raw.create_bucket(Bucket=name)
-    yield Bucket(moto_endpoint, name, raw)
-    close_event_loop()
