@@ -23,7 +23,7 @@ Then it reads every run back and checks, and prints:
 
 The exit status is 1 when a check fails. `--json` prints the figures as one JSON object instead.
 
-`python -m benchmarks.chaos bursts [--runs-per-write 2] [--steps 4] [--reclaim-after 3] [--json]` is another
+`python -m benchmarks.chaos bursts [--runs-per-write 2] [--steps 4] [--reclaim-after 10] [--json]` is another
 scenario (`bursts`): workers with the default settings of a deployed worker (`GraphWorker(graph)`, configured
 only by the environment the Terraform module gives the function, PYDANTIC_GRAPH_S3_RECLAIM_AFTER scaled down
 from `lambda_timeout + 60`, and the default `RetryPolicy`) meet a burst of 503s on one kind of write of a run,
@@ -519,7 +519,7 @@ def bursts_main(args: list[str]) -> int:
     parser = argparse.ArgumentParser(prog='python -m benchmarks.chaos bursts', description=__doc__)
     parser.add_argument('--runs-per-write', type=int, default=2)
     parser.add_argument('--steps', type=int, default=4)
-    parser.add_argument('--reclaim-after', type=float, default=3.0, help='seconds (the module: lambda_timeout + 60)')
+    parser.add_argument('--reclaim-after', type=float, default=10.0, help='seconds (the module: lambda_timeout + 60)')
     parser.add_argument('--max-invocations', type=int, default=200, help='per run: the bound on the driver')
     parser.add_argument('--json', action='store_true', help='print the figures as one JSON object')
     parsed = parser.parse_args(args)
