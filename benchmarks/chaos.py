@@ -511,7 +511,8 @@ async def _check_burst_runs(url: str, run_ids: list[str], figures: BurstFigures)
         ends = [s for s in record.snapshots if isinstance(s, EndSnapshot)]
         steps = [s.state.step for s in record.snapshots if isinstance(s, NodeSnapshot)]
         figures.runs_finished += len(ends) == 1 and isinstance(record.snapshots[-1], EndSnapshot)
-        figures.forks += steps != list(range(figures.steps)) or len(ends) > 1
+        # A second snapshot of a step is a second successor of the step before; so is a second end.
+        figures.forks += len(steps) - len(set(steps)) + (steps != sorted(steps)) + max(len(ends) - 1, 0)
         figures.reclaims += sum(claim.attempt - 1 for claim in record.claims.values())
 
 
