@@ -22,6 +22,14 @@ Then it reads every run back and checks, and prints:
     python -m benchmarks.chaos [--runs 20] [--steps 20] [--workers 8] [--fault-rate 0.05] [--seed 1]
 
 The exit status is 1 when a check fails. `--json` prints the figures as one JSON object instead.
+
+`python -m benchmarks.chaos bursts [--runs-per-write 2] [--steps 4] [--reclaim-after 10] [--json]` is another
+scenario (`bursts`): workers with the default settings of a deployed worker (`GraphWorker(graph)`, configured
+only by the environment the Terraform module gives the function, PYDANTIC_GRAPH_S3_RECLAIM_AFTER scaled down
+from `lambda_timeout + 60`, and the default `RetryPolicy`) meet a burst of 503s on one kind of write of a run,
+long enough to exhaust the retries: the start, the claim, the `running` write, or the success with its
+successor. Then S3 heals. A driver plays the state machine (an invocation that raised is retried, `busy` waits)
+and checks that every run finishes with no manual step, with no fork.
 """
 
 from __future__ import annotations as _annotations
@@ -32,6 +40,7 @@ import json
 import logging
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -51,7 +60,7 @@ from pydantic_graph.persistence import EndSnapshot, NodeSnapshot
 from pydantic_graph_s3 import ClientSettings, RetryPolicy, S3PersistenceError, S3StatePersistence
 from pydantic_graph_s3.serverless import GraphWorker
 from pydantic_s3_cas.embedded import embedded_s3
-from tests.support.fault_proxy import fault_proxy
+from tests.support.fault_proxy import Fault, fault_proxy
 
 BUCKET = 'chaos'
 ROOT = Path(__file__).resolve().parent.parent
@@ -354,8 +363,176 @@ async def _check_runs(url: str, run_ids: list[str], steps: int, figures: Figures
         figures.reclaims += sum(claim.attempt - 1 for claim in record.claims.values())
 
 
+# --- the bursts scenario -------------------------------------------------------------------------------------------
+
+BURST_PREFIX = 'bursts/'
+# The PUTs of one run, in order, when a worker with reclaim_after runs it: which one each kind of write is.
+BURST_WRITES = {'start': 0, 'claim': 1, 'running': 2, 'success+successor': 3}
+
+
+@dataclass
+class Tick(BaseNode[ChaosState, None, int]):
+    """One step of a bursts run: counts up, logs nothing, never dies."""
+
+    async def run(self, ctx: GraphRunContext[ChaosState]) -> Tick | End[int]:
+        ctx.state.step += 1
+        return End(ctx.state.step) if ctx.state.step >= ctx.state.steps else Tick()
+
+
+burst_graph = Graph(nodes=[Tick])
+
+
+@dataclass
+class BurstFigures:
+    runs: int
+    steps: int
+    runs_finished: int = 0
+    forks: int = 0
+    bursts: int = 0
+    faults: int = 0
+    invocations: int = 0
+    invocation_errors: int = 0
+    busy_answers: int = 0
+    reclaims: int = 0
+    manual_steps: int = 0
+    wall_seconds: float = 0.0
+    by_write: dict[str, int] = field(default_factory=dict)
+    """Per kind of write: the invocations that raised because its burst exhausted the retries."""
+
+    @property
+    def failures(self) -> list[str]:
+        checks = {
+            f'runs finished: {self.runs_finished} of {self.runs}': self.runs_finished == self.runs,
+            f'forks: {self.forks}': self.forks == 0,
+            f'manual steps: {self.manual_steps}': self.manual_steps == 0,
+            # Every burst must have been long enough to make an invocation give up: else it proved nothing.
+            f'bursts that exhausted retries: {sum(self.by_write.values())} of {self.bursts}': (
+                all(n >= 1 for n in self.by_write.values()) and len(self.by_write) == len(BURST_WRITES)
+            ),
+        }
+        return [name for name, ok in checks.items() if not ok]
+
+    def report(self) -> str:
+        lines = [f'{name + ":":26}{value}' for name, value in vars(self).items()]
+        return '\n'.join(
+            [*lines, 'result:                   ' + ('OK' if not self.failures else '; '.join(self.failures))]
+        )
+
+    def as_json(self) -> str:
+        return json.dumps({**vars(self), 'failures': self.failures})
+
+
+def drive_bursts(runs_per_write: int, steps: int, reclaim_after: float, max_invocations: int) -> BurstFigures:
+    """Every kind of write of `runs_per_write` runs each meets a burst of 503s that exhausts the default retries."""
+    logging.getLogger('aiohttp.server').setLevel(logging.CRITICAL)
+    figures = BurstFigures(runs=runs_per_write * len(BURST_WRITES), steps=steps)
+    burst_length = RetryPolicy().max_attempts  # the default policy gives up after this many attempts
+    with embedded_s3() as url, fault_proxy(url) as proxy:
+        asyncio.run(_create_bucket(url))
+        # What the Terraform module sets, and the AWS environment of the function; nothing else is configured.
+        os.environ.update(
+            {
+                **CREDENTIALS,
+                'AWS_ENDPOINT_URL_S3': proxy.url,
+                'PYDANTIC_GRAPH_S3_BUCKET': BUCKET,
+                'PYDANTIC_GRAPH_S3_PREFIX': BURST_PREFIX,
+                'PYDANTIC_GRAPH_S3_RECLAIM_AFTER': str(reclaim_after),
+            }
+        )
+        runs: list[tuple[str, str]] = []
+        for write, index in BURST_WRITES.items():
+            for n in range(runs_per_write):
+                run_id = f'burst-{write.replace("+", "-")}-{n}'
+                key = re.escape(f'/{BUCKET}/{BURST_PREFIX}{run_id}.json')
+                proxy.inject(Fault(status=503, method='PUT', path=key, after=index, times=burst_length))
+                runs.append((write, run_id))
+                figures.bursts += 1
+        started = time.perf_counter()
+        asyncio.run(_drive_burst_runs(runs, figures, max_invocations))
+        figures.wall_seconds = time.perf_counter() - started
+        figures.faults = proxy.counters['injected']
+        proxy.clear()
+        asyncio.run(_check_burst_runs(url, [run_id for _, run_id in runs], figures))
+    return figures
+
+
+async def _drive_burst_runs(runs: list[tuple[str, str]], figures: BurstFigures, max_invocations: int) -> None:
+    worker = GraphWorker(burst_graph)  # the default settings: everything from the environment
+
+    async def invoke(write: str, event: dict[str, Any]) -> dict[str, Any] | None:
+        figures.invocations += 1
+        try:
+            return await worker.handle(event)
+        except S3PersistenceError:
+            # Lambda reports the error; the state machine's Retry invokes again after a pause.
+            figures.invocation_errors += 1
+            figures.by_write[write] = figures.by_write.get(write, 0) + 1
+            await asyncio.sleep(0.2)
+            return None
+
+    async def drive(write: str, run_id: str) -> None:
+        start = {'action': 'start', 'run_id': run_id, 'node': {'node_id': 'Tick'}}
+        start['state'] = {'run': run_id, 'step': 0, 'steps': figures.steps}
+        for _ in range(max_invocations):
+            if await invoke(write, start) is not None:
+                break
+        for _ in range(max_invocations):
+            result = await invoke(write, {'action': 'advance', 'run_id': run_id})
+            if result is None:
+                continue
+            if result['status'] in ('done', 'failed'):
+                return
+            if result['status'] == 'busy':  # the state machine's WaitWhileBusy
+                figures.busy_answers += 1
+                await asyncio.sleep(0.25)
+        figures.manual_steps += 1  # the run did not finish by itself within the bound
+
+    await asyncio.gather(*(drive(write, run_id) for write, run_id in runs))
+    await worker.persistence(runs[0][1]).load_all()  # keeps the shared client's loop alive to here
+
+
+async def _create_bucket(url: str) -> None:
+    async with _session().client('s3', endpoint_url=url) as client:
+        await client.create_bucket(Bucket=BUCKET)
+
+
+async def _check_burst_runs(url: str, run_ids: list[str], figures: BurstFigures) -> None:
+    session = _session()
+    for run_id in run_ids:
+        persistence: S3StatePersistence[ChaosState, int] = S3StatePersistence.for_run(
+            run_id,
+            bucket=BUCKET,
+            prefix=BURST_PREFIX,
+            session=session,
+            client_settings=ClientSettings(endpoint_url=url),
+        )
+        persistence.set_graph_types(burst_graph)
+        record = await persistence.load_record()
+        ends = [s for s in record.snapshots if isinstance(s, EndSnapshot)]
+        steps = [s.state.step for s in record.snapshots if isinstance(s, NodeSnapshot)]
+        figures.runs_finished += len(ends) == 1 and isinstance(record.snapshots[-1], EndSnapshot)
+        # A second snapshot of a step is a second successor of the step before; so is a second end.
+        figures.forks += len(steps) - len(set(steps)) + (steps != sorted(steps)) + max(len(ends) - 1, 0)
+        figures.reclaims += sum(claim.attempt - 1 for claim in record.claims.values())
+
+
+def bursts_main(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog='python -m benchmarks.chaos bursts', description=__doc__)
+    parser.add_argument('--runs-per-write', type=int, default=2)
+    parser.add_argument('--steps', type=int, default=4)
+    parser.add_argument('--reclaim-after', type=float, default=10.0, help='seconds (the module: lambda_timeout + 60)')
+    parser.add_argument('--max-invocations', type=int, default=200, help='per run: the bound on the driver')
+    parser.add_argument('--json', action='store_true', help='print the figures as one JSON object')
+    parsed = parser.parse_args(args)
+    figures = drive_bursts(parsed.runs_per_write, parsed.steps, parsed.reclaim_after, parsed.max_invocations)
+    print(figures.as_json() if parsed.json else figures.report())
+    return 1 if figures.failures else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ['bursts']:
+        return bursts_main(args[1:])
     if args[:1] == ['worker']:
         endpoint, run_ids, reclaim_after, max_attempts = args[1:5]
         asyncio.run(work(endpoint, run_ids.split(','), float(reclaim_after), int(max_attempts)))

@@ -38,3 +38,24 @@ def test_no_run_is_lost_or_forked_under_kills_and_faults() -> None:
     assert figures['reclaims'] >= sum(deaths)
     assert deaths[0] <= figures['node_executions'] - figures['steps'] <= figures['reclaims']
     assert figures['faults'] > 0
+
+
+@pytest.mark.timeout(240)
+def test_a_503_burst_on_any_write_never_strands_a_run_under_default_settings() -> None:
+    # One run per kind of write (start, claim, running, success+successor), each meeting a burst of 503s that
+    # exhausts the default RetryPolicy; the worker is configured only as the Terraform module configures it.
+    command = [
+        *(sys.executable, '-m', 'benchmarks.chaos', 'bursts', '--json'),
+        *('--runs-per-write', '1', '--steps', '2', '--reclaim-after', '1', '--max-invocations', '100'),
+    ]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=230)
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    assert done.returncode == 0, (figures, done.stderr[-2000:])
+
+    assert figures['failures'] == []
+    assert (figures['runs_finished'], figures['forks'], figures['manual_steps']) == (4, 0, 0)
+    # Each burst made an invocation give up, and the stranded claims (running, success) were taken over.
+    assert sorted(figures['by_write']) == ['claim', 'running', 'start', 'success+successor']
+    assert min(figures['by_write'].values()) >= 1
+    assert figures['reclaims'] >= 2
+    assert figures['faults'] == 4 * 12

@@ -131,7 +131,7 @@ MATRIX: dict[str, tuple[type[S3PersistenceError], str]] = {
     'state fails validation': (CorruptObjectError, 'It was left untouched: inspect it'),
     'over size limit': (ObjectTooLargeError, 'Raise max_object_bytes'),
     'missing bucket': (BucketNotFoundError, 'Create it, or check the bucket name'),
-    'access denied': (AccessDeniedError, 'Grant s3:GetObject and s3:PutObject'),
+    'access denied': (AccessDeniedError, 'to the identity these credentials belong to'),
     'expired credential': (CredentialsError, 'Refresh or configure AWS credentials'),
     'unreachable endpoint': (EndpointUnreachableError, 'Check the network'),
 }

@@ -97,10 +97,19 @@ def test_start_then_advance_returns_every_step_result_key(bucket: Bucket) -> Non
         'next_node': 'CountDown',
         'output': None,
         'error': None,
+        'created': True,
     }
     # What the state machine sends.
     done = worker.lambda_handler({'action': 'advance', 'run_id': 'h1'}, FakeContext())
-    assert done == {'run_id': 'h1', 'status': 'done', 'steps': 4, 'next_node': None, 'output': 0, 'error': None}
+    assert done == {
+        'run_id': 'h1',
+        'status': 'done',
+        'steps': 4,
+        'next_node': None,
+        'output': 0,
+        'error': None,
+        'created': None,
+    }
     stored = bucket.body('h1')
     assert [s['state']['counter'] for s in stored] == [3, 2, 1, 0, 0]
     assert [s['kind'] for s in stored] == ['node'] * 4 + ['end']

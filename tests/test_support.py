@@ -290,6 +290,24 @@ async def test_faults_match_method_and_path(seaweedfs: S3Endpoint, proxy: FaultP
     assert [e.injected for e in proxy.log] == [False, False, True, True, True, False]
 
 
+async def test_a_burst_can_start_after_some_matching_requests_and_ends_by_itself(
+    seaweedfs: S3Endpoint, proxy: FaultProxy
+) -> None:
+    bucket = await new_bucket(seaweedfs)
+    # The third and fourth PUT of one key fail; other keys, and the PUTs after the burst, are untouched.
+    proxy.inject(Fault(status=503, method='PUT', path='/runs/a$', after=2, times=2))
+    async with s3_client(seaweedfs.with_url(proxy.url)) as client:
+        outcomes = []
+        for key in ['runs/a', 'runs/b', 'runs/a', 'runs/a', 'runs/a', 'runs/a']:
+            try:
+                await client.put_object(Bucket=bucket, Key=key, Body=b'v')
+                outcomes.append(True)
+            except ClientError:
+                outcomes.append(False)
+    assert outcomes == [True, True, True, False, False, True]
+    assert proxy.counters['injected'] == 2
+
+
 async def test_timeout_fault_holds_the_request_until_the_client_gives_up(
     seaweedfs: S3Endpoint, proxy: FaultProxy
 ) -> None:

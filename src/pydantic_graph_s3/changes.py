@@ -24,6 +24,7 @@ from pydantic_graph.persistence import NodeSnapshot, Snapshot, SnapshotStatus
 from pydantic_s3_cas import Change
 from pydantic_s3_cas.cas import CLOCK_TOLERANCE
 
+from ._messages import describe_validation_error
 from .layout import Claim, Element, RunHead, decode_head, encode_head, render_list, seal, segment_key
 
 R = TypeVar('R')
@@ -51,9 +52,8 @@ class SnapshotTypes:
         try:
             return self.adapter.validate_json(render_list(e.raw for e in elements))
         except pydantic.ValidationError as e:
-            errors = e.errors(include_url=False)
-            where = '.'.join(str(part) for part in errors[0]['loc']) or 'top level'
-            raise ValueError(f'{len(errors)} validation error(s); at {where}: {errors[0]["msg"]}') from None
+            # Described without the stored values (and `from None`): the message ends up in logs (see `_messages`).
+            raise ValueError(f'{e.error_count()} validation error(s); at {describe_validation_error(e)}') from None
         except (TypeError, AttributeError, KeyError) as e:  # a node that is not an object trips the discriminator
             raise ValueError(f'not a snapshot list: {type(e).__name__}') from None
 
@@ -198,7 +198,9 @@ def claim_next_created(ctx: RunContext, head: RunHead) -> Change[RunHead, NodeSn
     # `created` snapshots are never sealed, so the head has them all.
     for index, element in enumerate(head.snapshots):
         if element.kind == 'node' and element.status == 'created':
-            claimed = element.patched(status='pending')
+            # A claim without a token: drop any claim `recover` left, which is not this worker's and would hide
+            # from the next `recover` that this step's holder cannot be fenced.
+            claimed = element.patched(status='pending', claim=None)
             return ctx.commit(head, head.with_element(index, claimed), _node(ctx, claimed))
     return Change(None, None)
 
@@ -279,8 +281,24 @@ def claim_next(
     return Change(None, None)
 
 
-def release_claims(ctx: RunContext, token: str, head: RunHead) -> Change[RunHead, list[str]]:
-    """Every `pending` or `running` node snapshot back to `created`, under a claim token nobody holds."""
+class Unfenced(Exception):
+    """Raised by `release_claims` when a claimed snapshot has no claim token; `recover` reports it."""
+
+    def __init__(self, snapshot_ids: list[str]) -> None:
+        super().__init__(', '.join(snapshot_ids))
+        self.snapshot_ids = snapshot_ids
+
+
+def release_claims(ctx: RunContext, token: str, force: bool, head: RunHead) -> Change[RunHead, list[str]]:
+    """Every `pending` or `running` node snapshot back to `created`, under a claim token nobody holds.
+
+    A snapshot claimed without a token (by a worker without `reclaim_after`) cannot be fenced, so releasing it
+    may fork the run if its worker is alive: refused (`Unfenced`) unless `force`.
+    """
+    claimed = [e for e in head.snapshots if e.kind == 'node' and e.status in ('pending', 'running')]
+    unfenced = [e.id for e in claimed if e.claim is None]
+    if unfenced and not force:
+        raise Unfenced(unfenced)
     now, original = ctx.clock(), head
     released: list[str] = []
     for index, element in enumerate(head.snapshots):

@@ -44,7 +44,7 @@ from pydantic_s3_cas import (
 
 from .demo import DemoOptions, run_demo
 from .packaging import Architecture, LambdaPackage, PackagingError, build_lambda_package
-from .persistence import recover_run
+from .persistence import UnfencedClaimError, recover_run
 from .runs import PruneOutcome, RunHistory, RunStore, RunSummary
 
 __all__ = ('app', 'main', 'ExitCode')
@@ -307,13 +307,27 @@ def prune(
 
 
 @runs_app.command()
-def recover(run_id: RunIdArgument, bucket: BucketOption, prefix: PrefixOption = '', graph: GraphOption = None) -> None:
+def recover(
+    run_id: RunIdArgument,
+    bucket: BucketOption,
+    prefix: PrefixOption = '',
+    graph: GraphOption = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            '--force',
+            help='Recover even steps claimed by a worker without reclaim_after, which cannot be fenced: if that '
+            'worker is only slow, not dead, the run forks. Only when you know it is gone.',
+        ),
+    ] = False,
+) -> None:
     """Make a run whose worker died mid-step runnable again at once: its claimed steps go back to `created`.
 
-    The old holder's claim is revoked, so if it is alive after all, its writes are refused (`recover_run`).
+    The old holder's claim is revoked, so if it is alive after all, its writes are refused (`recover_run`). A step
+    claimed without a token (by a worker without reclaim_after) is refused unless --force (exit 5).
     """
     persistence = _store(bucket, prefix).persistence(run_id, _load_graph(graph))
-    result = _run(lambda: recover_run(persistence))
+    result = _run(lambda: recover_run(persistence, force=force))
     console.print(f'recovered {run_id}: {result}')
 
 
@@ -342,7 +356,7 @@ def _user_errors() -> Iterator[None]:
         _fail(ExitCode.NOT_FOUND, str(e))
     except (CredentialsError, AccessDeniedError) as e:
         _fail(ExitCode.ACCESS, str(e))
-    except (ObjectChangedError, ObjectExistsError, FileExistsError) as e:
+    except (ObjectChangedError, ObjectExistsError, FileExistsError, UnfencedClaimError) as e:
         _fail(ExitCode.CONFLICT, str(e))
     except EndpointUnreachableError as e:
         _fail(ExitCode.UNREACHABLE, str(e))
@@ -357,7 +371,8 @@ def _user_errors() -> Iterator[None]:
 def _store(bucket: str, prefix: str) -> RunStore:
     if not bucket:
         _fail(ExitCode.USAGE, 'no bucket: pass --bucket or set PYDANTIC_GRAPH_S3_BUCKET')
-    return RunStore(bucket, prefix)
+    with _user_errors():  # a prefix that is not a folder
+        return RunStore(bucket, prefix)
 
 
 def _fail(code: ExitCode, message: str) -> NoReturn:

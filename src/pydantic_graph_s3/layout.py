@@ -99,6 +99,9 @@ class Element:
         """
         raw = self.raw
         for key, value in changes.items():
+            if key == 'claim' and value is None:
+                raw = _without_member(raw, key)
+                continue
             if key == 'claim':
                 rendered = None if value is None else _CLAIM.dump_python(value, mode='json', exclude_none=True)
             else:
@@ -385,6 +388,24 @@ def _members(body: bytes, start: int) -> list[tuple[str, int, int]]:
             raise ValueError('not JSON: an object member without a key')
         members.append((_json(match.group()), _skip_space(body, colon + 1), end))
     return members
+
+
+def _without_member(raw: bytes, key: str) -> bytes:
+    """`raw` (an object) without member `key`; nothing else changes (the object as it was when it has none)."""
+    if key not in pydantic_core.from_json(raw):
+        return raw
+    if raw.startswith(b'{\n    "') and raw.endswith(b'\n  }'):
+        # The member's lines, from the newline before its key to the end of its value (as `_set_member` finds it).
+        marked = _set_member(raw, key, b'\0')
+        at = marked.index(b'\n    "' + key.encode() + b'": \0')
+        end = at + len(key) + 10
+        value_end = len(raw) - (len(marked) - end)
+        if raw[value_end : value_end + 1] == b',':
+            return raw[:at] + raw[value_end + 1 :]
+        return raw[: at - 1] + raw[value_end:]  # the last member: drop the comma before it
+    # Another layout (not written by pydantic): the changed element is rendered afresh, others stay as they are.
+    members = {k: v for k, v in pydantic_core.from_json(raw).items() if k != key}
+    return pydantic_core.to_json([members], indent=2)[4:-2]
 
 
 def _set_member(raw: bytes, key: str, value: bytes) -> bytes:

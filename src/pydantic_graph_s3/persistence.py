@@ -52,6 +52,7 @@ from pydantic_s3_cas import (
     RetryPolicy,
     S3PersistenceError,
     ensure_conditional_writes,
+    quoted,
     shared_client,
 )
 from pydantic_s3_cas.telemetry import span
@@ -73,6 +74,8 @@ __all__ = (
     'recover_run',
     'run_object_key',
     'validate_run_id',
+    'validate_prefix',
+    'UnfencedClaimError',
     'decode_snapshot_list',
 )
 
@@ -103,6 +106,21 @@ class ClaimLostError(S3PersistenceError):
         )
 
 
+class UnfencedClaimError(S3PersistenceError):
+    """`recover` refused: a step is claimed by a worker without `reclaim_after`, whose claim has no token."""
+
+    def __init__(self, bucket: str, key: str, snapshot_ids: list[str]) -> None:
+        self.snapshot_ids = snapshot_ids
+        super().__init__(
+            bucket,
+            key,
+            f'not recovered: node snapshot(s) {", ".join(snapshot_ids)} are claimed by a worker running without '
+            'reclaim_after, whose claim carries no token, so it cannot be fenced: if it is only slow, not dead, it '
+            'will write its successor too and the run forks into two branches. Nothing was changed. Recover anyway '
+            '(recover(force=True), runs recover --force) only when you know that worker is gone.',
+        )
+
+
 _RUN_ID = re.compile(r'[A-Za-z0-9._=-]{1,200}')
 
 
@@ -114,15 +132,29 @@ def validate_run_id(run_id: str) -> str:
     """
     if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id) or run_id in {'.', '..'}:
         raise ValueError(
-            f'invalid run id {run_id!r}: use 1 to 200 characters of letters, digits, ".", "_", "=" and "-" '
+            f'invalid run id {quoted(run_id)}: use 1 to 200 characters of letters, digits, ".", "_", "=" and "-" '
             '(not "." or "..")'
         )
     return run_id
 
 
+def validate_prefix(prefix: str) -> str:
+    """Return `prefix` if it names a folder (`''`, or ending with `/`), else raise `ValueError`.
+
+    Without the slash, prefix `runs` would share keys with prefix `runs-v2` (`runs-v2abc.json` is run `-v2abc`
+    of one and run `abc` of the other), so one deployment would answer and delete the other's runs.
+    """
+    if not isinstance(prefix, str) or (prefix and not prefix.endswith('/')):
+        raise ValueError(
+            f'invalid prefix {quoted(prefix)}: a prefix names a folder, so it must be empty or end with "/". '
+            'Add the slash if your runs are stored under it; a prefix without one shares keys with other prefixes.'
+        )
+    return prefix
+
+
 def run_object_key(prefix: str, run_id: str) -> str:
     """The object key of a run: `{prefix}{run_id}.json`."""
-    return f'{prefix}{validate_run_id(run_id)}.json'
+    return f'{validate_prefix(prefix)}{validate_run_id(run_id)}.json'
 
 
 @functools.lru_cache(maxsize=256)
@@ -313,19 +345,26 @@ class S3StatePersistence(BaseStatePersistence[StateT, RunEndT]):
             head = await self._cas().load()
             return self._record(head.snapshots, head.sealed_snapshots)
 
-    async def recover(self) -> list[str]:
+    async def recover(self, *, force: bool = False) -> list[str]:
         """Make a run whose worker died mid-step runnable again now, without waiting for `reclaim_after`.
 
         Every node snapshot left `pending` or `running` goes back to `created`, and its claim gets a token that
         nobody holds, so a worker that still held it after all is fenced (`ClaimLostError`) when it uses a claim;
-        its attempt count is kept. Returns the ids of the snapshots made runnable. For an operator who knows the
-        step's worker is gone: a worker without `reclaim_after` holds no token, and so cannot be fenced.
+        its attempt count is kept. Returns the ids of the snapshots made runnable.
+
+        A step claimed by a worker without `reclaim_after` has no token, so that worker cannot be fenced: if it is
+        merely slow, recovering forks the run. Such a run is refused (`UnfencedClaimError`, nothing changed)
+        unless `force`, for an operator who knows that worker is gone.
         """
         if self.should_set_types():
             raise ValueError(f"{self.uri}: recovering a run needs its graph's types: pass the graph (--graph)")
         with self._traced('recover'):
             token = _new_token()
-            return await self._update(lambda ctx: partial(changes.release_claims, ctx, token))
+            try:
+                return await self._update(lambda ctx: partial(changes.release_claims, ctx, token, force))
+            except changes.Unfenced as e:
+                unfenced = e.snapshot_ids
+            raise UnfencedClaimError(self.bucket, self.key, unfenced)
 
     def should_set_types(self) -> bool:
         """Whether types need to be set."""
@@ -494,9 +533,9 @@ class S3StatePersistence(BaseStatePersistence[StateT, RunEndT]):
         return client
 
 
-async def recover_run(persistence: S3StatePersistence[Any, Any]) -> list[str]:
-    """`persistence.recover()`: what the `pydantic-graph-s3 runs recover` command calls."""
-    return await persistence.recover()
+async def recover_run(persistence: S3StatePersistence[Any, Any], *, force: bool = False) -> list[str]:
+    """`persistence.recover(force=force)`: what the `pydantic-graph-s3 runs recover [--force]` command calls."""
+    return await persistence.recover(force=force)
 
 
 def _detached(snapshot: S) -> S:

@@ -48,7 +48,14 @@ from .layout import (
     segment_group_prefix,
     segment_key,
 )
-from .persistence import S3StatePersistence, decode_snapshot_list, logger, run_object_key, validate_run_id
+from .persistence import (
+    S3StatePersistence,
+    decode_snapshot_list,
+    logger,
+    run_object_key,
+    validate_prefix,
+    validate_run_id,
+)
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -158,6 +165,7 @@ class RunStore:
     def __post_init__(self) -> None:
         if not self.bucket:
             raise ValueError('bucket must be a non-empty bucket name')
+        validate_prefix(self.prefix)  # a folder: never list, read or delete another prefix's objects
 
     def persistence(self, run_id: str, graph: Graph[Any, Any, Any] | None = None) -> S3StatePersistence[Any, Any]:
         """The `S3StatePersistence` of run `run_id`, with `graph`'s types set when given."""

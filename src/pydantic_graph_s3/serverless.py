@@ -21,16 +21,17 @@ from datetime import timedelta
 from typing import Annotated, Any, Generic, Literal, Protocol, TypeVar
 
 import pydantic
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, TypeAdapter, field_validator
 from pydantic_graph import BaseNode, End
 from pydantic_graph.exceptions import GraphNodeStatusError, GraphRuntimeError
 from pydantic_graph.graph import Graph, GraphRun
 from pydantic_graph.persistence import EndSnapshot, NodeSnapshot, Snapshot
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from pydantic_s3_cas import S3PersistenceError
+from pydantic_s3_cas import S3PersistenceError, quoted, shortened, storage_deadline
 
-from .persistence import ClaimLostError, S3StatePersistence, validate_run_id
+from ._messages import describe_validation_error, listed
+from .persistence import ClaimLostError, S3StatePersistence, validate_prefix, validate_run_id
 
 __all__ = (
     'GraphWorker',
@@ -46,6 +47,7 @@ __all__ = (
     'run_status',
     'event_loop',
     'close_event_loop',
+    'DEFAULT_RECLAIM_AFTER',
 )
 
 StateT = TypeVar('StateT')
@@ -55,6 +57,11 @@ RunEndT = TypeVar('RunEndT')
 logger = logging.getLogger(__name__)
 
 Status = Literal['running', 'done', 'failed', 'busy']
+
+DEFAULT_RECLAIM_AFTER = timedelta(seconds=15 * 60 + 60)
+"""`GraphWorker`'s `reclaim_after` when neither the option nor `PYDANTIC_GRAPH_S3_RECLAIM_AFTER` sets one: Lambda's
+longest possible timeout (15 minutes), which bounds every step a Lambda worker runs, plus a minute for clock skew.
+A claim older than that belongs to a worker that is certainly dead, so taking it over cannot run a step twice."""
 
 
 class StepResult(BaseModel):
@@ -76,7 +83,11 @@ class StepResult(BaseModel):
     output: Any = None
     """The `End` data of a `done` run."""
     error: str | None = None
-    """What went wrong in a `failed` run."""
+    """What went wrong in a `failed` run: the exception type and node, never its message (which may quote state
+    values), e.g. `"ValueError: node CountDown failed (snapshot CountDown:...)"`."""
+    created: bool | None = None
+    """`start` only: whether this call created the run (`True`), or found it already there (`False`), in which
+    case the state and node it was given were discarded. `None` for `advance`."""
 
 
 class InvalidEventError(ValueError):
@@ -110,7 +121,8 @@ class AdvanceRequest(BaseModel):
 
     action: Literal['advance']
     run_id: RunId
-    max_steps: int | None = Field(default=None, ge=1)
+    max_steps: StrictInt | None = Field(default=None, ge=1)
+    """An integer: `"1"`, `true` or `1.0` are refused, not guessed at."""
 
 
 Request = StartRequest | AdvanceRequest
@@ -124,7 +136,7 @@ def parse_request(body: object) -> Request:
     try:
         return _REQUEST.validate_python(body)
     except pydantic.ValidationError as e:
-        raise InvalidEventError(f'invalid request: {_describe(e)}') from e
+        raise InvalidEventError(f'invalid request: {describe_validation_error(e, own_schema=True)}') from None
 
 
 class WorkerSettings(BaseSettings):
@@ -135,12 +147,18 @@ class WorkerSettings(BaseSettings):
     bucket: str | None = None
     """`PYDANTIC_GRAPH_S3_BUCKET`: the bucket holding the runs."""
     prefix: str = ''
-    """`PYDANTIC_GRAPH_S3_PREFIX`: the key prefix of the runs."""
+    """`PYDANTIC_GRAPH_S3_PREFIX`: the folder of the runs, `''` or ending with `/`."""
     max_steps: int | None = Field(default=None, ge=1)
     """`PYDANTIC_GRAPH_S3_MAX_STEPS`: most steps one `advance` runs (default: as many as time allows)."""
-    reclaim_after: float | None = Field(default=None, gt=0)
+    reclaim_after: Annotated[float, Field(gt=0)] | Literal['never'] | None = None
     """`PYDANTIC_GRAPH_S3_RECLAIM_AFTER`: seconds after which a step whose worker died is taken over (see
-    `S3StatePersistence.reclaim_after`; default: never). A `reclaim_after` persistence option takes precedence."""
+    `S3StatePersistence.reclaim_after`), or `never`. Unset: `DEFAULT_RECLAIM_AFTER`. The Terraform module sets it
+    to the function's timeout plus a minute. A `reclaim_after` persistence option takes precedence."""
+
+    @field_validator('prefix')
+    @classmethod
+    def _prefix_is_a_folder(cls, prefix: str) -> str:
+        return validate_prefix(prefix)
 
 
 class LambdaContext(Protocol):
@@ -163,11 +181,14 @@ class StepBudget:
     """Seconds always kept back: for the writes and reply after the last step, and other SQS records."""
     factor: float = 2.0
     window: int = 32
+    storage_margin: float = 0.25
+    """Every storage call ends this many seconds before the deadline (`DeadlineExceededError` if it cannot), so
+    that the worker can still answer before Lambda ends the invocation."""
     _recent: deque[float] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.reserve < 0 or self.factor < 1 or self.window < 1:
-            raise ValueError('need reserve >= 0, factor >= 1 and window >= 1')
+        if self.reserve < 0 or self.factor < 1 or self.window < 1 or self.storage_margin < 0:
+            raise ValueError('need reserve >= 0, factor >= 1, window >= 1 and storage_margin >= 0')
         self._recent = deque(maxlen=self.window)
 
     def observe(self, seconds: float) -> None:
@@ -183,6 +204,10 @@ class StepBudget:
 
     def allows(self, deadline: float | None, *, first: bool) -> bool:
         return deadline is None or deadline - time.monotonic() > self.margin(first=first)
+
+    def storage_deadline(self, deadline: float | None) -> float | None:
+        """When the storage calls of a call with `deadline` must have ended."""
+        return None if deadline is None else deadline - self.storage_margin
 
 
 class GraphWorker(Generic[StateT, DepsT, RunEndT]):
@@ -208,9 +233,13 @@ class GraphWorker(Generic[StateT, DepsT, RunEndT]):
         """`bucket`, `prefix` and `max_steps` default to the environment (`WorkerSettings`), read on first use.
 
         `persistence_options` go to every `S3StatePersistence` (client, session, client_settings, retry, ...).
+        Crash recovery is on: `reclaim_after` defaults to `PYDANTIC_GRAPH_S3_RECLAIM_AFTER`, else to
+        `DEFAULT_RECLAIM_AFTER`; pass `reclaim_after=None` to turn it off.
         """
         if max_steps is not None and max_steps < 1:
             raise ValueError(f'max_steps must be at least 1, got {max_steps}')
+        if prefix is not None:
+            validate_prefix(prefix)
         self.graph = graph
         self.deps = deps
         self.budget = budget or StepBudget()
@@ -231,31 +260,45 @@ class GraphWorker(Generic[StateT, DepsT, RunEndT]):
             raise ValueError('GraphWorker has no bucket: pass bucket= or set PYDANTIC_GRAPH_S3_BUCKET')
         prefix = settings.prefix if self._prefix is None else self._prefix
         options = dict(self.persistence_options)
-        if 'reclaim_after' not in options and settings.reclaim_after is not None:
-            options['reclaim_after'] = timedelta(seconds=settings.reclaim_after)
+        if 'reclaim_after' not in options:
+            options['reclaim_after'] = _reclaim_after(settings.reclaim_after)
         persistence: S3StatePersistence[StateT, RunEndT] = S3StatePersistence.for_run(
             run_id, bucket=bucket, prefix=prefix, **options
         )
         persistence.set_graph_types(self.graph)
         return persistence
 
-    async def start(self, run_id: str, node: BaseNode[StateT, DepsT, RunEndT], state: StateT = None) -> StepResult:  # type: ignore[assignment]
+    async def start(
+        self,
+        run_id: str,
+        node: BaseNode[StateT, DepsT, RunEndT],
+        state: StateT = None,  # type: ignore[assignment]
+        *,
+        deadline: float | None = None,
+    ) -> StepResult:
         """Create run `run_id` at `node` with `state`, as `Graph.initialize` does.
 
-        Idempotent: if the run exists it is left untouched (the write is create-only) and its status returned.
+        Idempotent: if the run exists it is left untouched (the write is create-only) and its status returned,
+        with `created=False`: of concurrent starts, exactly one answers `created=True`.
         """
-        existing = await self.persistence(run_id).initialize_run(state, node)
+        with storage_deadline(self.budget.storage_deadline(deadline)):
+            existing = await self.persistence(run_id).initialize_run(state, node)
         if existing is None:
-            return StepResult(run_id=run_id, status='running', next_node=node.get_node_id())
-        return run_status(run_id, existing)
+            return StepResult(run_id=run_id, status='running', next_node=node.get_node_id(), created=True)
+        return run_status(run_id, existing).model_copy(update={'created': False})
 
     async def advance(self, run_id: str, *, max_steps: int | None = None, deadline: float | None = None) -> StepResult:
         """Run the run's next steps, until it ends, `max_steps` ran, or there is no time for another step.
 
         `deadline` is an absolute `time.monotonic()` time; a step is only started if `self.budget` says it will
-        end in time. Storage errors (`S3PersistenceError`) are raised, nothing is lost: the step is redone by the
-        next call. A node that raises makes the run `failed`; a step another worker holds makes this call `busy`.
+        end in time, and every storage call ends `budget.storage_margin` before it (else `DeadlineExceededError`).
+        Storage errors (`S3PersistenceError`) are raised, nothing is lost: the step is redone by the next call. A
+        node that raises makes the run `failed`; a step another worker holds makes this call `busy`.
         """
+        with storage_deadline(self.budget.storage_deadline(deadline)):
+            return await self._advance(run_id, max_steps, deadline)
+
+    async def _advance(self, run_id: str, max_steps: int | None, deadline: float | None) -> StepResult:
         limit = max_steps if max_steps is not None else self._max_steps or self._env().max_steps
         if limit is not None and limit < 1:
             raise ValueError(f'max_steps must be at least 1, got {limit}')
@@ -313,7 +356,8 @@ class GraphWorker(Generic[StateT, DepsT, RunEndT]):
         # holds the step (`record_run` refused it); anything else is not a state of the run, so it is raised.
         status = await _current_status(persistence, run_id, steps=steps)
         if status.status == 'failed':
-            return status.model_copy(update={'error': f'{type(error).__name__}: {error}'})
+            # Not the exception's message: it may quote state or node values (see `StepResult.error`).
+            return status.model_copy(update={'error': f'{type(error).__name__}: {status.error}'})
         if isinstance(error, GraphNodeStatusError):
             return status.model_copy(update={'status': 'busy'})
         raise error
@@ -342,8 +386,19 @@ class GraphWorker(Generic[StateT, DepsT, RunEndT]):
         if not isinstance(event, Mapping):
             raise InvalidEventError(f'invalid event: expected a JSON object, got {type(event).__name__}')
         if 'Records' in event:
+            if len(event) > 1:
+                others = listed(sorted(str(key) for key in event if key != 'Records'))
+                raise InvalidEventError(f'invalid event: an SQS event (Records) that also has {others}: ambiguous')
             return {'batchItemFailures': await self._sqs_batch(event['Records'], deadline)}
-        body = event['detail'] if 'detail-type' in event and 'detail' in event else event
+        if 'detail-type' in event or 'detail' in event:
+            if not ('detail-type' in event and 'detail' in event) or 'action' in event:
+                raise InvalidEventError(
+                    'invalid event: an EventBridge event needs both detail-type and detail, and carries the '
+                    'request in detail only (not action at the top level): ambiguous'
+                )
+            body = event['detail']
+        else:
+            body = event
         result = await self.dispatch(parse_request(body), deadline=deadline)
         return result.model_dump(mode='json')
 
@@ -351,7 +406,7 @@ class GraphWorker(Generic[StateT, DepsT, RunEndT]):
         """Carry out one parsed request."""
         if isinstance(request, StartRequest):
             node, state = self._start_arguments(request)
-            return await self.start(request.run_id, node, state)
+            return await self.start(request.run_id, node, state, deadline=deadline)
         return await self.advance(request.run_id, max_steps=request.max_steps, deadline=deadline)
 
     async def _sqs_batch(self, records: object, deadline: float | None) -> list[dict[str, str]]:
@@ -371,8 +426,9 @@ class GraphWorker(Generic[StateT, DepsT, RunEndT]):
         try:
             request = parse_request(json.loads(record['body']))
             result = await self.dispatch(request, deadline=deadline)
-        except Exception:
-            logger.exception('SQS message %s failed', record['messageId'])
+        except Exception as e:
+            # No traceback: pydantic errors in it show input values, and a node's exception may quote state.
+            logger.error('SQS message %s failed: %s', quoted(record['messageId']), _safe_description(e))
             return False
         if isinstance(request, AdvanceRequest) and result.status == 'running':
             message = 'run %s is still running after %d steps: message %s goes back to the queue'
@@ -385,22 +441,18 @@ class GraphWorker(Generic[StateT, DepsT, RunEndT]):
         node_class = self._nodes.get(node_id) if isinstance(node_id, str) else None
         if node_class is None:
             known = ', '.join(sorted(self._nodes))
-            raise InvalidEventError(f'invalid request: node: node_id {node_id!r} is not a node of this graph ({known})')
+            raise InvalidEventError(
+                f'invalid request: node: node_id {quoted(node_id)} is not a node of this graph ({known})'
+            )
         fields = {k: v for k, v in request.node.items() if k != 'node_id'}
-        declared: Any = node_class  # typeshed's is_dataclass guard knows no BaseNode subclass is a dataclass
-        if dataclasses.is_dataclass(declared):
-            # A typo in a field name would otherwise be dropped silently and the field take its default.
-            unknown = ', '.join(sorted(set(fields) - {f.name for f in dataclasses.fields(declared) if f.init}))
-            if unknown:
-                raise InvalidEventError(f'invalid request: node: {node_id} has no field(s) {unknown}')
-        try:
-            node = self._node_adapter(node_class).validate_python(fields)
-        except pydantic.ValidationError as e:
-            raise InvalidEventError(f'invalid request: node: {_describe(e)}') from e
-        try:
-            state = self._state_adapter.validate_python(request.state)
-        except pydantic.ValidationError as e:
-            raise InvalidEventError(f'invalid request: state: {_describe(e)}') from e
+        # A typo in a field name would otherwise be dropped silently and the field take its default.
+        if unknown := _unknown_fields(node_class, fields):
+            raise InvalidEventError(f'invalid request: node: {node_id} has no field(s) {listed(unknown)}')
+        if unknown := _unknown_fields(self.graph.inferred_types[0], request.state):
+            state_name = getattr(self.graph.inferred_types[0], '__name__', 'the state')
+            raise InvalidEventError(f'invalid request: state: {state_name} has no field(s) {listed(unknown)}')
+        node = _validated('node', self._node_adapter(node_class), fields)
+        state = _validated('state', self._state_adapter, request.state)
         return node, state
 
     def _node_adapter(self, node_class: type[BaseNode[StateT, DepsT, RunEndT]]) -> TypeAdapter[Any]:
@@ -434,8 +486,12 @@ def run_status(run_id: str, history: Sequence[Snapshot[Any, Any]], *, steps: int
 
 
 async def _current_status(persistence: S3StatePersistence[Any, Any], run_id: str, *, steps: int = 0) -> StepResult:
-    """`run_status` from S3, with the reason when the reclaim bound (`max_attempts`) failed the run."""
-    record = await persistence.load_record()
+    """`run_status` from S3, with the reason when the reclaim bound (`max_attempts`) failed the run.
+
+    Only the run's live tail is read (one GET of its head): the last snapshot says where the run stands, so a status
+    check costs the same at step 10 and at step 100,000.
+    """
+    record = await persistence.load_tail()
     status = run_status(run_id, record.snapshots, steps=steps)
     last = record.snapshots[-1]
     claim = record.claims.get(last.id) if isinstance(last, NodeSnapshot) else None
@@ -448,12 +504,61 @@ def _is_sqs_record(record: object) -> bool:
     return isinstance(record, Mapping) and record.get('eventSource') == 'aws:sqs' and 'messageId' in record
 
 
-def _describe(error: pydantic.ValidationError) -> str:
-    parts = []
-    for item in error.errors(include_url=False):
-        where = '.'.join(str(part) for part in item['loc'])
-        parts.append(f'{where}: {item["msg"]}' if where else item['msg'])
-    return '; '.join(parts)
+def _validated(what: str, adapter: TypeAdapter[Any], data: object) -> Any:
+    """`data` validated by `adapter`, or `InvalidEventError` without the values (and `from None`: the pydantic error
+    or a user's exception, shown with a traceback, would quote them)."""
+    try:
+        return adapter.validate_python(data)
+    except pydantic.ValidationError as e:
+        error = InvalidEventError(f'invalid request: {what}: {describe_validation_error(e)}')
+    except Exception as e:  # e.g. a TypeError from a __post_init__, which pydantic does not wrap
+        error = InvalidEventError(
+            f'invalid request: {what}: {type(e).__name__} (message not shown: it may quote values)'
+        )
+    raise error from None
+
+
+def _reclaim_after(configured: float | Literal['never'] | None) -> timedelta | None:
+    """The worker's `reclaim_after` from `PYDANTIC_GRAPH_S3_RECLAIM_AFTER` (unset: the default, `never`: off)."""
+    if configured is None:
+        return DEFAULT_RECLAIM_AFTER
+    if configured == 'never':
+        return None
+    return timedelta(seconds=configured)
+
+
+def _unknown_fields(declared: Any, data: object) -> list[str]:
+    """The top-level keys of `data` that validating it as `declared` would drop silently.
+
+    Only for dataclasses and models that ignore extra keys (pydantic's default): a model with `extra='allow'`
+    keeps them and one with `extra='forbid'` reports them itself. Other types are left to pydantic.
+    """
+    if not isinstance(data, Mapping) or not isinstance(declared, type):
+        return []
+    known: set[str] = set()
+    if issubclass(declared, BaseModel):
+        if declared.model_config.get('extra') in ('allow', 'forbid'):
+            return []
+        for name, info in declared.model_fields.items():
+            aliases = {info.alias, info.validation_alias} - {None}
+            if not all(isinstance(alias, str) for alias in aliases):
+                return []  # AliasPath / AliasChoices: leave it to pydantic
+            known |= {name, *(str(alias) for alias in aliases)}
+    elif dataclasses.is_dataclass(declared):
+        if getattr(declared, '__pydantic_config__', {}).get('extra') in ('allow', 'forbid'):
+            return []
+        known = {f.name for f in dataclasses.fields(declared) if f.init}
+    else:
+        return []
+    return sorted(str(key) for key in data if key not in known)
+
+
+def _safe_description(error: Exception) -> str:
+    """What to log about a failed SQS record: our own errors' messages say which object or field, never a value;
+    any other exception (a node's, a library's) is named by type only."""
+    if isinstance(error, InvalidEventError | S3PersistenceError | RunNotFoundError | json.JSONDecodeError):
+        return f'{type(error).__name__}: {shortened(str(error), 1000)}'
+    return f'{type(error).__name__} (message not logged: it may quote state values)'
 
 
 _runner: asyncio.Runner | None = None

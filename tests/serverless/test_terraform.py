@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from pydantic_s3_cas.probe import PROBE_KEY_PREFIX
+
 from .stepfunctions import ASL_TEMPLATE, MODULE_DIR, TEST_VARIABLES, render_template, template_variables
 from .terraform_hcl import TERRAFORM_DIR, example, expression, module
 
@@ -47,12 +49,23 @@ def resolve_local(value: str) -> str:
 def test_lambda_policy_grants_object_access_only_below_the_prefix() -> None:
     s3_statements = [s for s in lambda_statements() if any(a.startswith('s3:') for a in s['actions'])]
     object_actions = {a for s in s3_statements for a in s['actions'] if a != 's3:ListBucket'}
-    assert object_actions == {'s3:GetObject', 's3:PutObject'}
+    assert object_actions == {'s3:GetObject', 's3:PutObject', 's3:DeleteObject'}
 
     read_write = statement('ReadWriteRunObjects', s3_statements)
     assert sorted(read_write['actions']) == ['s3:GetObject', 's3:PutObject']
     assert [resolve_local(r) for r in read_write['resources']] == ['${aws_s3_bucket.runs.arn}/${var.s3_prefix}*']
     assert 'condition' not in read_write
+
+
+def test_lambda_may_delete_only_the_endpoint_checks_probe_objects() -> None:
+    # verify_endpoint=True deletes its probe; no statement may let the function delete a run.
+    deleting = [s for s in lambda_statements() if 's3:DeleteObject' in s['actions']]
+    [probes] = deleting
+    assert probes['actions'] == ['s3:DeleteObject']
+    assert 'condition' not in probes
+    assert [resolve_local(r) for r in probes['resources']] == [
+        f'${{aws_s3_bucket.runs.arn}}/${{var.s3_prefix}}{PROBE_KEY_PREFIX}*'
+    ]
 
 
 def test_lambda_policy_lists_the_bucket_only_under_the_prefix() -> None:
@@ -76,6 +89,7 @@ def test_lambda_policy_has_no_wildcard_action_or_resource() -> None:
             resolved = resolve_local(resource)
             assert '*' not in resolved or resolved in {
                 '${aws_s3_bucket.runs.arn}/${var.s3_prefix}*',
+                f'${{aws_s3_bucket.runs.arn}}/${{var.s3_prefix}}{PROBE_KEY_PREFIX}*',
                 '${aws_cloudwatch_log_group.lambda.arn}:*',
             }, resolved
 
@@ -215,7 +229,12 @@ def test_function_resource_uses_its_variables() -> None:
     assert function['reserved_concurrent_executions'] == '${var.lambda_reserved_concurrency}'
     [environment] = function['environment']
     variables = environment['variables']
-    assert variables.startswith('${merge(var.lambda_environment, {')
+    # Crash recovery on by default: a claim older than the function's timeout plus a minute is a dead
+    # invocation's. A default only: lambda_environment comes after it, and the bucket and prefix after that.
+    assert variables.startswith(
+        '${merge({PYDANTIC_GRAPH_S3_RECLAIM_AFTER = tostring(local.reclaim_after_seconds)}, var.lambda_environment, {'
+    )
+    assert module().locals['reclaim_after_seconds'] == '${var.lambda_timeout + 60}'
     assert 'PYDANTIC_GRAPH_S3_BUCKET = aws_s3_bucket.runs.id' in variables
     assert 'PYDANTIC_GRAPH_S3_PREFIX = var.s3_prefix' in variables
 

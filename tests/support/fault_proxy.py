@@ -55,8 +55,10 @@ class Fault:
     Exactly one outcome: `status` (an S3 XML error with `code`, defaulting from `ERROR_CODES`), `timeout`
     (never answer; the connection is held until the proxy stops) or `drop` (close the connection unanswered).
     With `forward`, the request is first sent upstream and its response discarded, so a write lands although
-    the client sees a failure. The fault applies to the next `times` requests (None: all) matching `method`
-    and `path`, a regular expression searched in the raw path and query (e.g. `'^/bucket/runs/'`, `'uploads'`).
+    the client sees a failure. The fault applies to the next `times` requests (None: all, until `clear()`)
+    matching `method` and `path`, a regular expression searched in the raw path and query (e.g.
+    `'^/bucket/runs/'`, `'uploads'`), after letting the first `after` of them through untouched: e.g. a burst of
+    503s on the third PUT of one object's key, `Fault(status=503, method='PUT', path=key, after=2, times=12)`.
     """
 
     status: int | None = None
@@ -68,6 +70,7 @@ class Fault:
     method: str | None = None
     path: str | None = None
     times: int | None = 1
+    after: int = 0
 
     def __post_init__(self) -> None:
         if (self.status is not None) + self.timeout + self.drop != 1:
@@ -112,6 +115,15 @@ class Exchange:
 
 
 @dataclass
+class _Queued:
+    """A queued fault: uses left (None: unlimited), and matching requests still to let through first."""
+
+    fault: Fault
+    left: int | None
+    to_pass: int
+
+
+@dataclass
 class _Random:
     rate: float
     rng: random.Random
@@ -125,7 +137,7 @@ class FaultProxy:
     url: str
     upstream: str
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _faults: list[tuple[Fault, int | None]] = field(default_factory=list, repr=False)
+    _faults: list[_Queued] = field(default_factory=list, repr=False)
     _random: _Random | None = field(default=None, repr=False)
     _log: list[Exchange] = field(default_factory=list, repr=False)
     _stripped: frozenset[str] = field(default=frozenset(), repr=False)
@@ -133,7 +145,7 @@ class FaultProxy:
     def inject(self, *faults: Fault) -> None:
         """Queue faults; each request takes the first matching one that has uses left."""
         with self._lock:
-            self._faults.extend((fault, fault.times) for fault in faults)
+            self._faults.extend(_Queued(fault, fault.times, fault.after) for fault in faults)
 
     def random_faults(self, rate: float, *, seed: int = 0, faults: Sequence[Fault] = RANDOM_FAULTS) -> None:
         """Fail a `rate` fraction of the requests no queued fault applies to, picking from `faults` (whose
@@ -174,14 +186,16 @@ class FaultProxy:
 
     def _take_fault(self, method: str, path_qs: str) -> Fault | None:
         with self._lock:
-            for i, (fault, left) in enumerate(self._faults):
-                if fault.matches(method, path_qs):
-                    if left is not None:
-                        if left <= 1:
+            for i, queued in enumerate(self._faults):
+                if queued.fault.matches(method, path_qs):
+                    if queued.to_pass > 0:
+                        queued.to_pass -= 1
+                        return None
+                    if queued.left is not None:
+                        queued.left -= 1
+                        if queued.left <= 0:
                             del self._faults[i]
-                        else:
-                            self._faults[i] = (fault, left - 1)
-                    return fault
+                    return queued.fault
             chance = self._random
             if chance is not None and chance.rng.random() < chance.rate:
                 return chance.rng.choice(chance.faults)

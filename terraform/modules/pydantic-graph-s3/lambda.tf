@@ -31,6 +31,14 @@ data "aws_iam_policy_document" "lambda" {
   }
 
   statement {
+    # verify_endpoint=True writes a probe object beside the runs and deletes it: delete is granted on probes only,
+    # so the function can never delete a run.
+    sid       = "DeleteEndpointProbes"
+    actions   = ["s3:DeleteObject"]
+    resources = [local.probe_objects_arn]
+  }
+
+  statement {
     # Listing lets S3 answer 404 rather than 403 for a run that does not exist, but only below the prefix.
     sid       = "ListRunObjects"
     actions   = ["s3:ListBucket"]
@@ -93,7 +101,7 @@ resource "aws_iam_role_policy_attachment" "lambda_xray" {
 resource "aws_lambda_function" "worker" {
   #checkov:skip=CKV_AWS_116:Invoked synchronously by Step Functions and through an SQS event source mapping, which has its own dead-letter queue; an async DLQ would never receive anything.
   #checkov:skip=CKV_AWS_117:The worker only talks to S3 and CloudWatch over public AWS endpoints; a VPC would add NAT or endpoint cost and cold-start latency for no reachable private resource.
-  #checkov:skip=CKV_AWS_173:The environment holds only the bucket name and prefix, no secrets; Lambda encrypts it at rest with an AWS managed key.
+  #checkov:skip=CKV_AWS_173:The environment holds only the bucket name, prefix and reclaim delay, no secrets; Lambda encrypts it at rest with an AWS managed key.
   #checkov:skip=CKV_AWS_272:Code signing needs an AWS Signer profile the deployer owns; the module takes a prebuilt zip.
   function_name                  = local.function_name
   description                    = "Advances pydantic-graph runs stored in s3://${aws_s3_bucket.runs.id}/${var.s3_prefix} one step per invocation."
@@ -109,7 +117,8 @@ resource "aws_lambda_function" "worker" {
   tags                           = var.tags
 
   environment {
-    variables = merge(var.lambda_environment, {
+    # The reclaim delay is a default lambda_environment may override ("never" turns crash recovery off).
+    variables = merge({ PYDANTIC_GRAPH_S3_RECLAIM_AFTER = tostring(local.reclaim_after_seconds) }, var.lambda_environment, {
       PYDANTIC_GRAPH_S3_BUCKET = aws_s3_bucket.runs.id
       PYDANTIC_GRAPH_S3_PREFIX = var.s3_prefix
     })

@@ -136,7 +136,7 @@ variable "lambda_reserved_concurrency" {
 }
 
 variable "lambda_environment" {
-  description = "Extra environment variables of the Lambda function. PYDANTIC_GRAPH_S3_BUCKET and PYDANTIC_GRAPH_S3_PREFIX are set by the module."
+  description = "Extra environment variables of the Lambda function. PYDANTIC_GRAPH_S3_BUCKET and PYDANTIC_GRAPH_S3_PREFIX are set by the module; PYDANTIC_GRAPH_S3_RECLAIM_AFTER defaults to lambda_timeout + 60 (seconds; \"never\" turns crash recovery off)."
   type        = map(string)
   default     = {}
 

@@ -4,14 +4,16 @@ Knows nothing about pydantic-graph or pydantic-ai: typed errors, the shared clie
 primitive, telemetry, the endpoint self-check and the embedded S3 server (`pydantic_s3_cas.embedded`).
 """
 
-from .cas import CasObject, CasStats, Change, Codec, ObjectInfo, RetryPolicy, list_objects
+from .cas import CasObject, CasStats, Change, Codec, ObjectInfo, RetryPolicy, list_objects, storage_deadline
 from .client import ClientSettings, default_session, shared_client
 from .errors import (
     AccessDeniedError,
     BucketNotFoundError,
+    ClockSkewError,
     ConditionalWritesUnsupportedError,
     CorruptObjectError,
     CredentialsError,
+    DeadlineExceededError,
     EndpointUnreachableError,
     ObjectChangedError,
     ObjectExistsError,
@@ -19,6 +21,8 @@ from .errors import (
     ObjectTooLargeError,
     RetriesExhaustedError,
     S3PersistenceError,
+    quoted,
+    shortened,
 )
 from .probe import ensure_conditional_writes, verify_conditional_writes
 
@@ -47,4 +51,9 @@ __all__ = (
     'ObjectExistsError',
     'ObjectChangedError',
     'RetriesExhaustedError',
+    'ClockSkewError',
+    'DeadlineExceededError',
+    'storage_deadline',
+    'quoted',
+    'shortened',
 )

@@ -12,16 +12,18 @@ uses it for reads, updates and conditional deletes, `list_objects` for listing p
 
 from __future__ import annotations as _annotations
 
+import asyncio
 import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from functools import partial
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, Protocol, TypeVar
 
 from botocore.exceptions import (
     BotoCoreError,
@@ -38,8 +40,10 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, sto
 from .errors import (
     AccessDeniedError,
     BucketNotFoundError,
+    ClockSkewError,
     CorruptObjectError,
     CredentialsError,
+    DeadlineExceededError,
     EndpointUnreachableError,
     ObjectChangedError,
     ObjectTooLargeError,
@@ -52,7 +56,17 @@ from .telemetry import span
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
 
-__all__ = ('Codec', 'Change', 'RetryPolicy', 'CasStats', 'CasObject', 'ClientSource', 'ObjectInfo', 'list_objects')
+__all__ = (
+    'Codec',
+    'Change',
+    'RetryPolicy',
+    'CasStats',
+    'CasObject',
+    'ClientSource',
+    'ObjectInfo',
+    'list_objects',
+    'storage_deadline',
+)
 
 T = TypeVar('T')
 R = TypeVar('R')
@@ -167,7 +181,6 @@ _TRANSIENT_CODES = frozenset(
         'RequestTimeout',
         'Throttling',
         'ThrottlingException',
-        'RequestTimeTooSkewed',
         '500',
         '502',
         '503',
@@ -175,8 +188,34 @@ _TRANSIENT_CODES = frozenset(
     }
 )
 _CREDENTIAL_CODES = frozenset(
-    {'ExpiredToken', 'ExpiredTokenException', 'InvalidAccessKeyId', 'SignatureDoesNotMatch', 'InvalidToken'}
+    {
+        'ExpiredToken',
+        'ExpiredTokenException',
+        'InvalidAccessKeyId',
+        'SignatureDoesNotMatch',
+        'InvalidToken',
+        'TokenRefreshRequired',
+    }
 )
+
+_deadline: ContextVar[float | None] = ContextVar('pydantic_s3_cas_deadline', default=None)
+
+
+@contextmanager
+def storage_deadline(deadline: float | None) -> Iterator[None]:
+    """Every storage call made inside (in this task and the tasks it starts) ends by `deadline`.
+
+    `deadline` is a `time.monotonic()` time (`None`: no deadline; an outer, earlier deadline still applies).
+    Retries stop, and a request in flight is abandoned, when it comes: the call raises `DeadlineExceededError`.
+    A serverless worker sets it so that no storage call outlives its invocation.
+    """
+    outer = _deadline.get()
+    effective = deadline if outer is None else outer if deadline is None else min(outer, deadline)
+    reset = _deadline.set(effective)
+    try:
+        yield
+    finally:
+        _deadline.reset(reset)
 
 
 @dataclass(frozen=True)
@@ -259,6 +298,8 @@ class RequestScope:
             return _Retryable(f'{operation}: {code} (another writer won)', conflict=True, from_cache=from_cache)
         if code in _TRANSIENT_CODES:
             return _Retryable(f'{operation}: {code}')
+        if code == 'RequestTimeTooSkewed':
+            return ClockSkewError(self.bucket, self.key, operation)
         if isinstance(error, BotoConnectionError):  # no connection at all: refused, DNS, connect timeout
             return _Retryable(f'{operation}: {type(error).__name__}: {error}', unreachable=True)
         if isinstance(error, HTTPClientError):  # connected, then a read timeout or a dropped connection
@@ -275,18 +316,36 @@ class RequestScope:
         """Call `attempt(number)` until it succeeds, raises something final, or the retry policy runs out."""
         policy = self.retry
         number = 0
+        deadline = _deadline.get()
+        last_failure: BaseException | None = None
 
         async def numbered() -> R:
-            nonlocal number
+            nonlocal number, last_failure
             number += 1
-            return await attempt(number)
+            if deadline is None:
+                return await attempt(number)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self._deadline_exceeded(number - 1, last_failure)
+            try:
+                async with asyncio.timeout(remaining) as limit:
+                    return await attempt(number)
+            except _Retryable as e:
+                last_failure = e
+                raise
+            except TimeoutError:
+                if not limit.expired():
+                    raise
+            self._deadline_exceeded(number, last_failure)
 
         def wait(state: RetryCallState) -> float:
             failure = state.outcome.exception() if state.outcome else None
             if isinstance(failure, _Retryable) and failure.from_cache:
                 return 0.0
             ceiling = min(policy.max_backoff, policy.initial_backoff * 2 ** (state.attempt_number - 1))
-            return random.uniform(0, ceiling)
+            pause = random.uniform(0, ceiling)
+            # Never sleep past the deadline: the next attempt then sees it has come, and gives up at once.
+            return pause if deadline is None else max(0.0, min(pause, deadline - time.monotonic()))
 
         def before_sleep(state: RetryCallState) -> None:
             # Counted here, not in `wait`: tenacity computes the wait before deciding to stop, so the last,
@@ -327,6 +386,18 @@ class RequestScope:
             retry_error_callback=give_up,
         )
         return await retrying(numbered)
+
+    def _deadline_exceeded(self, attempts: int, last_failure: BaseException | None) -> NoReturn:
+        self.logger.warning(
+            'deadline reached on s3://%s/%s after %d attempt(s)',
+            self.bucket,
+            self.key,
+            attempts,
+            extra=self._log_extra(),
+        )
+        raise DeadlineExceededError(
+            self.bucket, self.key, attempts, None if last_failure is None else str(last_failure)
+        )
 
     def _log_extra(self) -> dict[str, Any]:
         return {'run_id': self.labels.get('run_id', ''), 'bucket': self.bucket, 'key': self.key}

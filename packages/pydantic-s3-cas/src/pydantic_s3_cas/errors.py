@@ -19,7 +19,28 @@ __all__ = (
     'ObjectNotFoundError',
     'ObjectExistsError',
     'ObjectChangedError',
+    'ClockSkewError',
+    'DeadlineExceededError',
+    'quoted',
+    'shortened',
 )
+
+QUOTE_LIMIT = 100
+"""Most characters of user input an error message quotes."""
+
+
+def quoted(value: object, limit: int = QUOTE_LIMIT) -> str:
+    """`repr(value)`, cut to `limit` characters with a marker saying how long it was.
+
+    Error messages and log records quote what a caller sent (a run id, a node id) to say what was wrong with
+    it; a 10 MB run id must not become a 10 MB message.
+    """
+    return shortened(repr(value), limit)
+
+
+def shortened(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """`text`, cut to `limit` characters with a marker saying how long it was."""
+    return text if len(text) <= limit else f'{text[:limit]}... ({len(text)} characters)'
 
 
 class S3PersistenceError(Exception):
@@ -48,21 +69,36 @@ class BucketNotFoundError(S3PersistenceError):
         )
 
 
+# The IAM action each S3 operation needs, and whether it is granted on the bucket (listing) or on the object.
+_PERMISSIONS = {
+    'GetObject': ('s3:GetObject', False),
+    'HeadObject': ('s3:GetObject', False),
+    'PutObject': ('s3:PutObject', False),
+    'DeleteObject': ('s3:DeleteObject', False),
+    'ListObjectsV2': ('s3:ListBucket', True),
+}
+
+
 class AccessDeniedError(S3PersistenceError):
-    """S3 refused the request (`AccessDenied`, 403)."""
+    """S3 refused the request (`AccessDenied`, 403); the message names the permission the operation needs."""
 
     def __init__(self, bucket: str, key: str, operation: str) -> None:
         self.operation = operation
+        permission, on_bucket = _PERMISSIONS.get(operation, (f's3:{operation}', False))
+        self.permission = permission
         maybe_missing = (
             ' (S3 also answers 403 for an object that does not exist when the identity may not list the bucket)'
             if operation == 'GetObject'
             else ''
         )
+        resource = (
+            f'arn:aws:s3:::{bucket} (for keys starting with {key!r})' if on_bucket else f'arn:aws:s3:::{bucket}/{key}'
+        )
         super().__init__(
             bucket,
             key,
-            f'access denied for {operation}{maybe_missing}. Grant s3:GetObject and s3:PutObject on '
-            f'arn:aws:s3:::{bucket}/{key} to the identity these credentials belong to.',
+            f'access denied for {operation}{maybe_missing}. Grant {permission} on {resource} to the identity '
+            'these credentials belong to.',
         )
 
 
@@ -75,6 +111,39 @@ class CredentialsError(S3PersistenceError):
             key,
             f'credentials missing or rejected ({detail}). Refresh or configure AWS credentials '
             '(AWS_PROFILE, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or an execution role).',
+        )
+
+
+class ClockSkewError(S3PersistenceError):
+    """S3 refused the request because this machine's clock is too far from S3's (`RequestTimeTooSkewed`).
+
+    Not retried: every retry is signed with the same wrong clock.
+    """
+
+    def __init__(self, bucket: str, key: str, operation: str) -> None:
+        self.operation = operation
+        super().__init__(
+            bucket,
+            key,
+            f"{operation} refused: this machine's clock differs from S3's by more than S3 accepts "
+            "(RequestTimeTooSkewed). Synchronise the clock (NTP, chrony, or the hypervisor's time service) and retry.",
+        )
+
+
+class DeadlineExceededError(S3PersistenceError):
+    """The caller's deadline (see `storage_deadline`) came before the storage call could finish.
+
+    Whatever was not written was not written: the run is left as the last completed write made it.
+    """
+
+    def __init__(self, bucket: str, key: str, attempts: int, last_error: str | None) -> None:
+        self.attempts = attempts
+        after = f'; last error: {last_error}' if last_error else ''
+        super().__init__(
+            bucket,
+            key,
+            f'deadline reached after {attempts} attempt(s){after}. The call was abandoned before the deadline; '
+            'call again with more time (the run resumes where the last completed write left it).',
         )
 
 

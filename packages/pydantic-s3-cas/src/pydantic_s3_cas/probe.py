@@ -22,7 +22,11 @@ from .errors import ConditionalWritesUnsupportedError
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
 
-__all__ = ('verify_conditional_writes', 'ensure_conditional_writes')
+__all__ = ('verify_conditional_writes', 'ensure_conditional_writes', 'PROBE_KEY_PREFIX')
+
+PROBE_KEY_PREFIX = '.conditional-write-probe-'
+"""Probe objects are `{prefix}{PROBE_KEY_PREFIX}{random hex}`: the only keys the check deletes, so a policy can
+grant s3:DeleteObject on `{prefix}.conditional-write-probe-*` alone (the Terraform module does)."""
 
 # (endpoint URL, bucket) pairs verified in this process: a warm worker checks once, not per run.
 _verified: set[tuple[str, str]] = set()
@@ -41,8 +45,8 @@ async def verify_conditional_writes(
 
     Returns the endpoint URL checked. Raises `ConditionalWritesUnsupportedError`, naming the endpoint and the
     ignored header, when it does not.
-    Uses `client`, or the shared client of `session` and `client_settings`. Needs s3:GetObject, s3:PutObject and
-    s3:DeleteObject on the prefix.
+    Uses `client`, or the shared client of `session` and `client_settings`. Needs s3:GetObject and s3:PutObject on
+    the prefix, and s3:DeleteObject on `{prefix}.conditional-write-probe-*`.
     """
     s3 = client if client is not None else await shared_client(session, client_settings)
     await _probe(s3, bucket, prefix, retry or RetryPolicy())
@@ -81,7 +85,7 @@ def _overwrite(body: bytes) -> Callable[[bytes], Change[bytes, bytes]]:
 
 
 async def _probe(client: S3Client, bucket: str, prefix: str, retry: RetryPolicy) -> None:
-    key = f'{prefix}.conditional-write-probe-{uuid.uuid4().hex}'
+    key = f'{prefix}{PROBE_KEY_PREFIX}{uuid.uuid4().hex}'
     endpoint = client.meta.endpoint_url
 
     def probe_object() -> CasObject[bytes]:
