@@ -11,8 +11,8 @@ import os
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
-from datetime import UTC, datetime
+from dataclasses import astuple, replace
+from datetime import UTC, datetime, timedelta
 from enum import IntEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
@@ -43,6 +43,7 @@ from pydantic_s3_cas import (
 )
 
 from .demo import DemoOptions, run_demo
+from .insight import run_html, run_mermaid, run_path
 from .packaging import Architecture, LambdaPackage, PackagingError, build_lambda_package
 from .persistence import recover_run
 from .runs import PruneOutcome, RunHistory, RunStore, RunSummary
@@ -91,6 +92,10 @@ GraphOption = Annotated[
     ),
 ]
 JsonOption = Annotated[bool, typer.Option('--json', help='Machine-readable JSON on stdout.')]
+StuckAfterOption = Annotated[
+    float,
+    typer.Option('--stuck-after', min=0.001, help='Seconds a claimed step may take before it counts as stuck.'),
+]
 RunIdArgument = Annotated[str, typer.Argument(help='The run id (its object is {prefix}{run_id}.json).')]
 
 
@@ -193,6 +198,14 @@ def show(
     prefix: PrefixOption = '',
     graph: GraphOption = None,
     as_json: JsonOption = False,
+    mermaid: Annotated[
+        bool, typer.Option('--mermaid', help="Print the graph's Mermaid state diagram with the run's path on it.")
+    ] = False,
+    html_file: Annotated[
+        Path | None,
+        typer.Option('--html', help='Write one self-contained HTML page: the diagram and the snapshot table.'),
+    ] = None,
+    stuck_after: StuckAfterOption = 900.0,
 ) -> None:
     """Show a run's snapshots: id, node, status, start and duration, and its result once ended."""
     store = _store(bucket, prefix)
@@ -200,6 +213,9 @@ def show(
     history = _run(lambda: store.history(run_id, decoded_with))
     if graph is not None:
         history = replace(history, decoded_with=graph)
+    if mermaid or html_file is not None:
+        _show_path(history, decoded_with, mermaid=mermaid, html_file=html_file, stuck_after=stuck_after)
+        return
     if as_json:
         _print_json(_history_json(history))
         return
@@ -211,6 +227,7 @@ def show(
         duration = '' if row.duration is None else f'{row.duration * 1000:.1f} ms'
         table.add_row(row.id, row.node or 'End', row.status, _time(row.start), duration)
     console.print(table)
+    _print_origins(history)
     if history.ended:
         console.print(f'result: {pydantic_core.to_json(history.result).decode()}')
     else:
@@ -317,6 +334,36 @@ def recover(run_id: RunIdArgument, bucket: BucketOption, prefix: PrefixOption = 
     console.print(f'recovered {run_id}: {result}')
 
 
+@runs_app.command('stats')
+def stats(
+    bucket: BucketOption, prefix: PrefixOption = '', stuck_after: StuckAfterOption = 900.0, as_json: JsonOption = False
+) -> None:
+    """Usage summary: runs by status, objects and bytes per run, snapshots per run, the oldest unfinished run."""
+    store = _store(bucket, prefix)
+    summary = _run(lambda: store.stats(stuck_after=timedelta(seconds=stuck_after)))
+    if as_json:
+        _print_json(summary)
+        return
+    by_status = ', '.join(f'{count} {status}' for status, count in summary.by_status.items())
+    console.print(f's3://{bucket}/{prefix}: {summary.runs} runs ({by_status})')
+    table = Table(title='per run')
+    for column in ('', 'total', 'p50', 'p90', 'p99', 'max'):
+        table.add_column(column, justify='right')
+    for name, spread in (('objects', summary.objects), ('bytes', summary.bytes), ('snapshots', summary.snapshots)):
+        table.add_row(name, *(str(value) for value in astuple(spread)))
+    console.print(table)
+    if summary.oldest_active is not None:
+        oldest = summary.oldest_active
+        console.print(
+            f'oldest unfinished run: {oldest.run_id} ({oldest.status}), last written {_time(oldest.last_written)}'
+        )
+    if summary.headless_objects:
+        console.print(
+            f'{summary.headless_objects} objects ({summary.headless_bytes} B) belong to runs whose head is gone'
+        )
+    console.print(f'{summary.requests} requests')
+
+
 @app.command('check-endpoint')
 def check_endpoint(bucket: BucketOption, prefix: PrefixOption = '') -> None:
     """Check that the endpoint honours If-Match and If-None-Match, on a probe object it then deletes."""
@@ -400,6 +447,43 @@ def _progress(description: str) -> Iterator[Callable[[], None]]:
     with Progress(*columns, console=errors, transient=True) as progress:
         task = progress.add_task(description, total=None)
         yield lambda: progress.advance(task)
+
+
+def _show_path(
+    history: RunHistory,
+    graph: Graph[Any, Any, Any] | None,
+    *,
+    mermaid: bool,
+    html_file: Path | None,
+    stuck_after: float,
+) -> None:
+    """`runs show --mermaid` and `--html`: the run's path on its graph (the diagram needs `--graph`)."""
+    path = run_path(history, stuck_after=timedelta(seconds=stuck_after))
+    with _user_errors():
+        if mermaid:
+            if graph is None:
+                raise typer.BadParameter("the diagram is of the run's graph: pass --graph module:attribute")
+            sys.stdout.write(run_mermaid(graph, history, path) + '\n')
+        if html_file is not None:
+            page = run_html(graph, history, path)
+            _write_text(html_file, page)
+            errors.print(f'wrote {html_file}' + ('' if graph is not None else ' (no diagram: pass --graph)'))
+
+
+def _write_text(path: Path, text: str) -> None:
+    try:
+        path.write_text(text, encoding='utf-8')
+    except OSError as e:
+        _fail(ExitCode.USAGE, f'cannot write {path}: {e.strerror}')
+
+
+def _print_origins(history: RunHistory) -> None:
+    """Say where the snapshots a fork or a rollback made came from (a rolled-back run shows it here)."""
+    for row in history.snapshots:
+        if row.copy_of is not None:
+            origin = row.copy_of
+            source = 'this run' if origin.run_id == history.run_id else f'run {origin.run_id}'
+            console.print(f'snapshot {row.id}: {origin.reason} to snapshot {origin.snapshot_id} of {source}')
 
 
 def _history_json(history: RunHistory) -> dict[str, Any]:

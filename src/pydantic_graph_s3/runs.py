@@ -12,7 +12,7 @@ import os
 import tempfile
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +40,8 @@ from pydantic_s3_cas import (
 )
 
 from .persistence import S3StatePersistence, decode_snapshot_list, logger, run_object_key, validate_run_id
+from .time_travel import CopyOf, copy_of
+from .usage import HeadFacts, UsageStats, UsageTally, read_head
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -82,6 +84,10 @@ class SnapshotRow:
     state: Any
     result: Any = None
     """The run's result (end snapshot only)."""
+    claimed_at: datetime | None = None
+    """When a worker claimed the node snapshot, when its claim records it (written with `reclaim_after`)."""
+    copy_of: CopyOf | None = None
+    """The snapshot this one is a copy of, when a fork or a rollback made it."""
 
 
 @dataclass(frozen=True)
@@ -129,7 +135,7 @@ class _Raw:
 class RunStore:
     """The runs stored under `s3://{bucket}/{prefix}`, for operators: the library side of the CLI's `runs`.
 
-    Options are those of `S3StatePersistence`; `stats` counts the requests of the store itself (the
+    Options are those of `S3StatePersistence`; `request_stats` counts the requests of the store itself (the
     persistences it hands out count their own).
     """
 
@@ -144,7 +150,7 @@ class RunStore:
     """How many runs a decoding listing reads at once."""
     page_size: int = 1000
     """Keys per listing request (S3 returns at most 1000)."""
-    stats: CasStats = field(default_factory=CasStats)
+    request_stats: CasStats = field(default_factory=CasStats)
 
     def __post_init__(self) -> None:
         if not self.bucket:
@@ -177,7 +183,7 @@ class RunStore:
             self.bucket,
             self.prefix,
             retry=self.retry,
-            stats=self.stats,
+            stats=self.request_stats,
             page_size=self.page_size,
             logger=logger,
         ):
@@ -194,7 +200,7 @@ class RunStore:
         """The summary of one run, read now. Raises `ObjectNotFoundError` for an unknown run."""
         key = run_object_key(self.prefix, run_id)
         async for page in list_objects(
-            self._client, self.bucket, key, retry=self.retry, stats=self.stats, logger=logger
+            self._client, self.bucket, key, retry=self.retry, stats=self.request_stats, logger=logger
         ):
             for info in page:
                 if info.key == key and (summary := await self._summarize(run_id, info)) is not None:
@@ -209,10 +215,10 @@ class RunStore:
         key = run_object_key(self.prefix, run_id)
         body, etag = await self._read(key)
         try:
-            if graph is None:
-                rows = _raw_rows(body)
-            else:
-                rows = [_typed_row(snapshot) for snapshot in decode_snapshot_list(body, graph)]
+            rows = _raw_rows(body)
+            if graph is not None:
+                typed = decode_snapshot_list(body, graph)
+                rows = [_typed_row(snapshot, raw) for snapshot, raw in zip(typed, rows, strict=True)]
         except ValueError as e:
             raise CorruptObjectError(self.bucket, key, str(e).splitlines()[0]) from e
         return RunHistory(run_id, key, etag, rows, None if graph is None else graph.name or type(graph).__name__)
@@ -291,6 +297,62 @@ class RunStore:
             return PruneOutcome(run, False, 'already deleted')
         return PruneOutcome(run, True, 'deleted')
 
+    async def stats(self, *, stuck_after: timedelta = timedelta(minutes=15), now: datetime | None = None) -> UsageStats:
+        """A usage summary of every run under the prefix: runs by status, objects and bytes, snapshots per run.
+
+        One listing pass, and one GET per run of its head only (`read_concurrency` at once, started while the
+        listing goes on), parsed as plain JSON: no graph is needed. A run whose last node has been claimed for
+        longer than `stuck_after` (by `now`, default the current time) is `stuck`. See `UsageStats`.
+        """
+        if stuck_after <= timedelta(0):
+            raise ValueError(f'stuck_after must be positive, got {stuck_after}')
+        now = datetime.now(tz=UTC) if now is None else now
+        tally = UsageTally(stuck_after)
+        requests_before = self.request_stats.requests
+        limiter = anyio.CapacityLimiter(self.read_concurrency)
+
+        async def read_head_of(run_id: str, info: ObjectInfo) -> None:
+            async with limiter:
+                try:
+                    body, _ = await self._read(info.key)
+                except ObjectNotFoundError:
+                    tally.forget_object(run_id, info.size)  # deleted since it was listed
+                    return
+                except ObjectTooLargeError:
+                    tally.add_head(run_id, HeadFacts(0, 'unreadable'), info.last_modified)
+                    return
+            tally.add_head(
+                run_id, read_head(body, info.last_modified, now=now, stuck_after=stuck_after), info.last_modified
+            )
+
+        async with anyio.create_task_group() as group:
+            async for page in list_objects(
+                self._client,
+                self.bucket,
+                self.prefix,
+                retry=self.retry,
+                stats=self.request_stats,
+                page_size=self.page_size,
+                logger=logger,
+            ):
+                for info in page:
+                    if (run_id := self._run_id_of(info.key)) is not None:
+                        tally.add_object(run_id, info.size)
+                        group.start_soon(read_head_of, run_id, info)
+                    elif (owner := self._owner_of(info.key)) is not None:
+                        tally.add_object(owner, info.size)
+        return tally.result(self.request_stats.requests - requests_before)
+
+    def _owner_of(self, key: str) -> str | None:
+        """The run whose history object `{prefix}{run_id}~...` is (`None` for any other key)."""
+        owner, tilde, _ = key[len(self.prefix) :].partition('~')
+        if not tilde or '/' in owner:
+            return None
+        try:
+            return validate_run_id(owner)
+        except ValueError:
+            return None
+
     def _run_id_of(self, key: str) -> str | None:
         name = key[len(self.prefix) :]
         if not name.endswith('.json'):
@@ -351,7 +413,7 @@ class RunStore:
             client=self._client,
             retry=self.retry,
             max_object_bytes=self.max_object_bytes,
-            stats=self.stats,
+            stats=self.request_stats,
             labels={'run_id': self._run_id_of(key) or ''},
             logger=logger,
         )
@@ -384,6 +446,8 @@ def _raw_row(index: int, item: Any) -> SnapshotRow:
             start=_timestamp(item.get('start_ts')),
             duration=item.get('duration'),
             state=item.get('state'),
+            claimed_at=_timestamp(claim.get('claimed_at')) if isinstance(claim := item.get('claim'), dict) else None,
+            copy_of=copy_of(item),
         )
     if kind == 'end' and isinstance(item.get('result'), dict):
         return SnapshotRow(
@@ -399,11 +463,22 @@ def _raw_row(index: int, item: Any) -> SnapshotRow:
     raise ValueError(f'snapshot {index} is not a node or end snapshot')
 
 
-def _typed_row(snapshot: Snapshot[Any, Any]) -> SnapshotRow:
+def _typed_row(snapshot: Snapshot[Any, Any], raw: SnapshotRow) -> SnapshotRow:
+    """The row of a snapshot decoded with the graph's types; what only the raw JSON holds comes from `raw`."""
     state = pydantic_core.to_jsonable_python(snapshot.state)
     if isinstance(snapshot, NodeSnapshot):
         node = snapshot.node.get_node_id()
-        return SnapshotRow(snapshot.id, 'node', node, snapshot.status, snapshot.start_ts, snapshot.duration, state)
+        return SnapshotRow(
+            snapshot.id,
+            'node',
+            node,
+            snapshot.status,
+            snapshot.start_ts,
+            snapshot.duration,
+            state,
+            claimed_at=raw.claimed_at,
+            copy_of=raw.copy_of,
+        )
     assert isinstance(snapshot, EndSnapshot)
     result = pydantic_core.to_jsonable_python(snapshot.result.data)
     return SnapshotRow(snapshot.id, 'end', None, 'end', snapshot.ts, None, state, result)
