@@ -1,12 +1,13 @@
 """The usage summary on many runs: requests and wall time of `RunStore.stats` (and, to compare, `list_runs`).
 
-Creates `--runs` small count-down runs on the embedded S3 (moto's server on 127.0.0.1) with raw PUTs, many at
+Creates `--runs` small count-down runs on the embedded S3 (moto's server on 127.0.0.1, which answers one request
+at a time) or on SeaweedFS (`--server seaweedfs`, which answers many at once) with raw PUTs, many at
 once (a run's bytes are those `S3StatePersistence` writes: one ended run, replayed under every run id, with a
 status mix so that every summary path is taken), plus one history object (`{run_id}~...`) per tenth run. Then
 it times `RunStore.stats()` and a decoding `list_runs()` over the same prefix. Requests come from the stores'
 own counters, and are exact; times depend on the machine (moto answers one GET in about 1 ms on an idle core).
 
-    python -m benchmarks.stats [--runs 10000] [--json]
+    python -m benchmarks.stats [--runs 10000] [--server moto|seaweedfs] [--json]
 """
 
 from __future__ import annotations as _annotations
@@ -14,8 +15,12 @@ from __future__ import annotations as _annotations
 import argparse
 import json
 import os
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -25,6 +30,7 @@ from pydantic_graph_s3 import RunStore, S3StatePersistence
 from pydantic_graph_s3.examples.count_down import CountDown, CountDownState, count_down_graph
 from pydantic_s3_cas import ClientSettings, shared_client
 from pydantic_s3_cas.embedded import embedded_s3
+from tests.support.seaweedfs import seaweedfs_s3
 
 BUCKET = 'bench-stats'
 PREFIX = 'runs/'
@@ -85,9 +91,25 @@ async def create_runs(settings: ClientSettings, runs: int, bodies: list[bytes]) 
     return made
 
 
-async def measure(runs: int) -> Figures:
-    with embedded_s3() as url:
+@contextmanager
+def server(name: str) -> Iterator[str]:
+    """The endpoint URL of a fresh S3 server, with the AWS environment set to sign for it."""
+    if name == 'moto':
         os.environ.update(AWS_ACCESS_KEY_ID='bench', AWS_SECRET_ACCESS_KEY='bench', AWS_DEFAULT_REGION='us-east-1')
+        with embedded_s3() as url:
+            yield url
+        return
+    with tempfile.TemporaryDirectory() as directory, seaweedfs_s3(Path(directory)) as endpoint:
+        os.environ.update(
+            AWS_ACCESS_KEY_ID=endpoint.access_key,
+            AWS_SECRET_ACCESS_KEY=endpoint.secret_key,
+            AWS_DEFAULT_REGION=endpoint.region,
+        )
+        yield endpoint.url
+
+
+async def measure(runs: int, server_name: str) -> Figures:
+    with server(server_name) as url:
         settings = ClientSettings(endpoint_url=url, read_timeout=60.0, max_pool_connections=64)
         made = await create_runs(settings, runs, await sample_bodies(settings))
 
@@ -121,9 +143,10 @@ async def measure(runs: int) -> Figures:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--runs', type=int, default=10_000)
+    parser.add_argument('--server', choices=('moto', 'seaweedfs'), default='moto', help='the S3 server to run')
     parser.add_argument('--json', action='store_true', help='one JSON line on stdout')
     options = parser.parse_args(argv)
-    figures = anyio.run(measure, options.runs)
+    figures = anyio.run(measure, options.runs, options.server)
     if options.json:
         print(json.dumps(figures.__dict__))
         return

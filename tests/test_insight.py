@@ -2,9 +2,12 @@
 
 from __future__ import annotations as _annotations
 
+import json
 import re
 import shutil
 import struct
+import subprocess
+import sys
 import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -26,6 +29,8 @@ from .conftest import FAST_RETRY, S3Bucket
 from .test_cli import GRAPH, cli
 
 pytestmark = pytest.mark.anyio
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def store(s3: S3Bucket, **options: Any) -> RunStore:
@@ -268,3 +273,17 @@ async def test_stats_counts_runs_by_status_from_heads_only(s3: S3Bucket) -> None
 async def _listing(s3: S3Bucket) -> dict[str, int]:
     response = await s3.raw.list_objects_v2(Bucket=s3.bucket, Prefix='runs/')
     return {item['Key']: item['Size'] for item in response.get('Contents', [])}
+
+
+@pytest.mark.timeout(300)
+def test_stats_benchmark_costs_one_listing_pass_and_one_get_per_run() -> None:
+    """`python -m benchmarks.stats`, scaled down: past one listing page, every run read once, no history object."""
+    runs = 1001
+    command = [sys.executable, '-m', 'benchmarks.stats', '--runs', str(runs), '--json']
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=280)
+    assert done.returncode == 0, done.stderr[-2000:]
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    assert figures['runs'] == runs and figures['objects'] == runs + 101, 'a history object for every tenth run'
+    assert (figures['stats_lists'], figures['stats_gets']) == (2, runs)
+    assert figures['stats_requests'] == 2 + runs
+    assert sum(figures['by_status'].values()) == runs
