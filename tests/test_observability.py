@@ -62,8 +62,8 @@ async def test_one_span_per_persistence_call_and_per_s3_request(s3: S3Bucket) ->
     assert [call['method'] for call in calls].count('record_run') == 2
     assert {call['run_id'] for call in calls} == {'traced'}
     assert all(call['outcome'] == 'ok' for call in calls)
-    # As the request-cost test counts them: one GET finding nothing, one create, three PUTs per node.
-    assert [request['operation'] for request in requests] == ['GetObject'] + ['PutObject'] * 7
+    # As the request-cost test counts them: one GET finding nothing, one create, two PUTs per node.
+    assert [request['operation'] for request in requests] == ['GetObject'] + ['PutObject'] * 5
     first, *puts = requests
     assert (first['outcome'], first['etag'], first['attempt']) == ('missing', '', 1)
     for request in puts:

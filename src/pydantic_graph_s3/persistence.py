@@ -1,12 +1,16 @@
-"""`S3StatePersistence`: pydantic-graph 1.x state persistence in one S3 object per run.
+"""`S3StatePersistence`: pydantic-graph 1.x state persistence in S3, one compare-and-swap point per run.
 
-The object holds the snapshot list exactly as `FileStatePersistence` writes its file, so either can read what
-the other wrote. Where `FileStatePersistence` takes a lock file and rewrites the whole file, every method here
-is one pure change to the snapshot list, applied by the compare-and-swap primitive of the storage layer.
+A run is a head object, `{prefix}{run_id}.json`, plus immutable segments of finished history once it has grown
+(see `layout`). A short run's head is exactly the file `FileStatePersistence` writes; `RunStore.export_run`
+assembles that file for any run. Where `FileStatePersistence` takes a lock file and rewrites the whole file,
+every method here is one pure change to the head (see `changes`), applied by the compare-and-swap primitive of
+the storage layer, and a change rewrites only the snapshots it touches: the bytes of every other snapshot stay
+as they were stored.
 
 With `reclaim_after` set, node snapshots also carry a claim (`"claim": {"token", "claimed_at", "attempt"}`, a
 key `FileStatePersistence` ignores): a worker that died holding a step is replaced once its claim is stale, and
 every write that depends on a claim checks, inside its compare-and-swap change, that the claim is still its own.
+Claims are stamped and judged by the S3 endpoint's clock (`CasObject.server_now`), not the worker's.
 """
 
 from __future__ import annotations as _annotations
@@ -18,7 +22,7 @@ import re
 import uuid
 from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import PurePosixPath
@@ -26,10 +30,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import aioboto3
-import pydantic
-import pydantic_core
 from pydantic_graph import BaseNode, End
-from pydantic_graph.exceptions import GraphNodeStatusError
 from pydantic_graph.graph import Graph
 from pydantic_graph.persistence import (
     BaseStatePersistence,
@@ -37,7 +38,6 @@ from pydantic_graph.persistence import (
     NodeSnapshot,
     RunEndT,
     Snapshot,
-    SnapshotStatus,
     StateT,
     build_snapshot_list_type_adapter,
 )
@@ -48,12 +48,17 @@ from pydantic_s3_cas import (
     CasStats,
     Change,
     ClientSettings,
+    CorruptObjectError,
     RetryPolicy,
     S3PersistenceError,
     ensure_conditional_writes,
     shared_client,
 )
 from pydantic_s3_cas.telemetry import span
+
+from . import changes
+from .changes import Fenced, Finished, HeadCodec, NeedSealed, RunContext, Sealed, SnapshotTypes
+from .layout import Claim, RunHead, decode_head, decode_segment, segment_key
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -77,41 +82,11 @@ Snapshots = list[Snapshot[StateT, RunEndT]]
 
 
 @dataclass(frozen=True)
-class Claim:
-    """Who holds a node snapshot's step, since when, and how many claims it has had; stored in the snapshot.
-
-    Written only when `reclaim_after` is set. `token` is unique per claim, so a worker can tell that its claim
-    was taken over, and so that no two claims ever write the same bytes. `error` says why a snapshot was marked
-    `error` by the reclaim bound (`max_attempts`) rather than by its node.
-    """
-
-    token: str
-    claimed_at: datetime
-    attempt: int = 1
-    error: str | None = None
-
-
-_CLAIM: pydantic.TypeAdapter[Claim] = pydantic.TypeAdapter(Claim)
-
-
-@dataclass(frozen=True)
 class RunRecord:
-    """What the object of a run holds: its snapshots, and the claims of its node snapshots by snapshot id.
-
-    Change functions treat it as immutable and return a new one.
-    """
+    """A run's whole history as `load_record` reads it: its snapshots, and the claims of its node snapshots."""
 
     snapshots: list[Snapshot[Any, Any]]
     claims: Mapping[str, Claim] = field(default_factory=dict)
-
-    def with_snapshot(self, index: int, snapshot: Snapshot[Any, Any], claim: Claim | None = None) -> RunRecord:
-        """This record with snapshot `index` replaced, and its claim too when one is given."""
-        snapshots = [*self.snapshots[:index], snapshot, *self.snapshots[index + 1 :]]
-        claims = self.claims if claim is None else {**self.claims, snapshot.id: claim}
-        return RunRecord(snapshots, claims)
-
-    def appended(self, snapshot: Snapshot[Any, Any]) -> RunRecord:
-        return RunRecord([*self.snapshots, snapshot], self.claims)
 
 
 class ClaimLostError(S3PersistenceError):
@@ -126,24 +101,6 @@ class ClaimLostError(S3PersistenceError):
             'worker that holds the step now continues the run. If this happens without crashes, raise '
             'reclaim_after above your longest step.',
         )
-
-
-class _Fenced(Exception):
-    """Raised inside a change function when its claim is not current; `_update` turns it into `ClaimLostError`."""
-
-    def __init__(self, snapshot_id: str, detail: str) -> None:
-        super().__init__(detail)
-        self.snapshot_id = snapshot_id
-        self.detail = detail
-
-
-@dataclass(frozen=True)
-class _Finished:
-    """A node that ran successfully under a claim: its success is written together with its successor."""
-
-    snapshot_id: str
-    token: str
-    duration: float
 
 
 _RUN_ID = re.compile(r'[A-Za-z0-9._=-]{1,200}')
@@ -169,92 +126,43 @@ def run_object_key(prefix: str, run_id: str) -> str:
 
 
 @functools.lru_cache(maxsize=256)
-def _snapshot_list_codec(
+def _snapshot_types(
     state_type: type[Any], run_end_type: type[Any], node_types: tuple[type[BaseNode[Any, Any, Any]], ...]
-) -> _SnapshotListCodec:
-    """One codec per graph and types, shared by all instances.
+) -> SnapshotTypes:
+    """One adapter per graph and types, shared by all instances.
 
     Building the pydantic schema costs milliseconds, about as much as an S3 request, and the pattern of one
     persistence object per step would otherwise pay it on every step.
     """
     with set_nodes_type_context(node_types):
         adapter = build_snapshot_list_type_adapter(state_type, run_end_type)
-    return _SnapshotListCodec(adapter, frozenset(node.get_node_id() for node in node_types))
+    return SnapshotTypes(adapter, frozenset(node.get_node_id() for node in node_types))
+
+
+def graph_types(graph: Graph[Any, Any, Any]) -> SnapshotTypes:
+    types: tuple[Any, ...] = (*graph.inferred_types, tuple(graph.get_nodes()))
+    return _snapshot_types(*types)
 
 
 def decode_snapshot_list(body: bytes, graph: Graph[Any, Any, Any]) -> list[Snapshot[Any, Any]]:
-    """What `load_all` returns for a run stored as `body`, decoded with `graph`'s types.
+    """The snapshots of a File-format snapshot list `body` (a file, a single-form head or an assembled export),
+    decoded with `graph`'s types.
 
     Raises `ValueError` when `body` is not a snapshot list of this graph (as `CorruptObjectError` says).
     """
-    types: tuple[Any, ...] = (*graph.inferred_types, tuple(graph.get_nodes()))
-    return _snapshot_list_codec(*types).decode(body).snapshots
-
-
-@dataclass(frozen=True)
-class _SnapshotListCodec:
-    """Snapshot lists to bytes and back, byte for byte as `FileStatePersistence` does (`indent=2`).
-
-    Claims are one more key, `"claim"`, in the JSON object of their snapshot: pydantic ignores unknown keys when
-    validating snapshots, so `FileStatePersistence` still loads the object. A record without claims encodes to
-    exactly `FileStatePersistence`'s bytes.
-    """
-
-    adapter: pydantic.TypeAdapter[list[Any]]
-    node_ids: frozenset[str]
-
-    def decode(self, body: bytes) -> RunRecord:
-        try:
-            snapshots = self.adapter.validate_json(body)
-        except pydantic.ValidationError as e:
-            errors = e.errors(include_url=False)
-            first = errors[0]
-            where = '.'.join(str(part) for part in first['loc']) or 'top level'
-            raise ValueError(f'{len(errors)} validation error(s); at {where}: {first["msg"]}') from e
-        except (TypeError, AttributeError, KeyError) as e:  # a node that is not an object trips the discriminator
-            raise ValueError(f'not a snapshot list: {type(e).__name__}: {e}') from e
-        if len(self.node_ids) == 1:
-            self._check_node_ids(body)
-        return RunRecord(snapshots, self._claims(body) if b'"claim"' in body else {})
-
-    def _check_node_ids(self, body: bytes) -> None:
-        # pydantic-graph only discriminates on node_id when a graph has several node types: with one, any
-        # node_id validates, and another graph's run would be taken for ours and overwritten.
-        for index, item in enumerate(pydantic_core.from_json(body)):
-            node = item.get('node') if item.get('kind') == 'node' else None
-            if node is not None and node.get('node_id') not in self.node_ids:
-                raise ValueError(
-                    f'snapshot {index} is of node {node.get("node_id")!r}, which is not in this graph '
-                    f'(nodes: {", ".join(sorted(self.node_ids))})'
-                )
-
-    def _claims(self, body: bytes) -> dict[str, Claim]:
-        claims: dict[str, Claim] = {}
-        for index, item in enumerate(pydantic_core.from_json(body)):
-            if 'claim' in item:
-                try:
-                    claims[item['id']] = _CLAIM.validate_python(item['claim'])
-                except pydantic.ValidationError as e:
-                    raise ValueError(f'snapshot {index} has an invalid claim: {e.errors()[0]["msg"]}') from e
-        return claims
-
-    def encode(self, value: RunRecord) -> bytes:
-        if not value.claims:
-            return self.adapter.dump_json(value.snapshots, indent=2)
-        items = self.adapter.dump_python(value.snapshots, mode='json')
-        for item in items:
-            claim = value.claims.get(item['id'])
-            if claim is not None:
-                item['claim'] = _CLAIM.dump_python(claim, mode='json', exclude_none=True)
-        return pydantic_core.to_json(items, indent=2)
-
-    def empty(self) -> RunRecord:
-        return RunRecord([])
+    types = graph_types(graph)
+    head = decode_head(body)
+    if head.segmented:
+        raise ValueError('a segmented run head, not a snapshot list: export the run to assemble its history')
+    elements = head.snapshots
+    types.check_nodes(elements)
+    return types.snapshots(elements)
 
 
 @dataclass
 class S3StatePersistence(BaseStatePersistence[StateT, RunEndT]):
-    """State persistence that keeps a graph run in one S3 object, changed only by compare-and-swap.
+    """State persistence that keeps a graph run in S3: a head object changed only by compare-and-swap, plus
+    immutable segments of finished history once the run grows (see `layout`).
 
     Use one instance per run, or a new instance per step (as separate Lambda invocations do): instances on one
     event loop share an S3 client, and several processes can work on the same run at once without a lock, as
@@ -278,7 +186,8 @@ class S3StatePersistence(BaseStatePersistence[StateT, RunEndT]):
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     """Bounds on retrying conflicts and transient failures of one call."""
     max_object_bytes: int | None = 64 * 1024 * 1024
-    """Refuse to download a larger object (checked on `ContentLength`, before the body is read)."""
+    """Refuse to download a larger object (checked on `ContentLength`, before the body is read), and to write
+    one (checked before sending): `ObjectTooLargeError` either way."""
     reclaim_after: timedelta | None = None
     """Let `load_next` take over a node whose claim is older than this, when nothing is `created`; every write
     that depends on a claim is fenced by its token. `None` (the default) keeps pydantic-graph's strict semantics:
@@ -290,10 +199,11 @@ class S3StatePersistence(BaseStatePersistence[StateT, RunEndT]):
     """Before the first request, prove that the endpoint honours `If-Match` and `If-None-Match` (see
     `verify_conditional_writes`; once per endpoint and bucket per process). Needs s3:DeleteObject on the prefix."""
 
-    _codec: _SnapshotListCodec | None = field(default=None, init=False, repr=False)
-    _object: CasObject[RunRecord] | None = field(default=None, init=False, repr=False)
+    _snapshot_types: SnapshotTypes | None = field(default=None, init=False, repr=False)
+    _object: CasObject[RunHead] | None = field(default=None, init=False, repr=False)
+    _sealed: Sealed = field(default_factory=Sealed, init=False, repr=False)
     _held: dict[str, str] = field(default_factory=dict, init=False, repr=False)
-    _finished: _Finished | None = field(default=None, init=False, repr=False)
+    _finished: Finished | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.bucket:
@@ -337,7 +247,9 @@ class S3StatePersistence(BaseStatePersistence[StateT, RunEndT]):
     ) -> None:
         snapshot = _detached(NodeSnapshot(state=state, node=next_node))
         with self._traced('snapshot_node_if_new', snapshot_id):
-            await self._update(partial(_append_if_new, snapshot_id, snapshot))
+            await self._flush_finished()
+            element = self._types().element(snapshot)
+            await self._update(lambda ctx: partial(changes.append_if_new, ctx, element, True))
 
     async def initialize_run(
         self, state: StateT, node: BaseNode[StateT, Any, RunEndT]
@@ -348,8 +260,12 @@ class S3StatePersistence(BaseStatePersistence[StateT, RunEndT]):
         are: `Graph.initialize` appends, so a retried or duplicated start would add a second first node. The
         write is create-only (`IfNoneMatch='*'`, no GET first), so of concurrent starts exactly one creates.
         """
-        snapshot = _detached(NodeSnapshot(state=state, node=node))
-        return await self._cas().update(partial(_create_if_empty, snapshot), expect_missing=True)
+        element = self._types().element(_detached(NodeSnapshot(state=state, node=node)))
+        create = partial(changes.create_if_empty, self._context(), element)
+        existing = await self._cas().update(create, expect_missing=True)
+        if existing is None:
+            return None
+        return (await self._history(existing)).snapshots
 
     async def snapshot_end(self, state: StateT, end: End[RunEndT]) -> None:
         snapshot = _detached(EndSnapshot(state=state, result=end))
@@ -357,31 +273,37 @@ class S3StatePersistence(BaseStatePersistence[StateT, RunEndT]):
             await self._append(snapshot)
 
     def record_run(self, snapshot_id: str) -> AbstractAsyncContextManager[None]:
-        """Record the node's run: `running` on entry, `error` if it raises, `success` on exit (with `reclaim_after`:
-        together with the successor snapshot that follows, see `_record_claimed_run`)."""
-        if self.reclaim_after is None:
-            return self._record_run(snapshot_id)
-        return self._record_claimed_run(snapshot_id)
+        """Record the node's run: `running` on entry and `error` at once if it raises; its `success` is written
+        together with the successor snapshot that follows (`snapshot_node` or `snapshot_end`), in one write, so
+        no failure can leave a successful node without a successor. Used alone, the success is written by the
+        next call of this instance."""
+        return self._record_run(snapshot_id)
 
     async def load_next(self) -> NodeSnapshot[StateT, RunEndT] | None:
         with self._traced('load_next'):
+            await self._flush_finished()
             if self.reclaim_after is None:
-                return await self._update(_claim_next_created)
+                return await self._update(lambda ctx: partial(changes.claim_next_created, ctx))
             token = _new_token()
-            claim = partial(_claim_next, token, datetime.now(tz=UTC), self.reclaim_after, self.max_attempts)
-            snapshot = await self._update(claim)
+            reclaim_after, max_attempts = self.reclaim_after, self.max_attempts
+            snapshot = await self._update(
+                lambda ctx: partial(changes.claim_next, ctx, token, reclaim_after, max_attempts)
+            )
             if snapshot is not None:
                 self._held[snapshot.id] = token
             return snapshot
 
     async def load_all(self) -> list[Snapshot[StateT, RunEndT]]:
         with self._traced('load_all'):
-            return (await self._cas().load()).snapshots
+            await self._flush_finished()
+            return (await self._load_record()).snapshots
 
     async def load_record(self) -> RunRecord:
-        """The snapshots and the claims of the run (claims are only written with `reclaim_after`), in one read."""
+        """The whole history of the run (segments and head) with the claims of its node snapshots (claims are
+        only written with `reclaim_after`)."""
         with self._traced('load_record'):
-            return await self._cas().load()
+            await self._flush_finished()
+            return await self._load_record()
 
     async def recover(self) -> list[str]:
         """Make a run whose worker died mid-step runnable again now, without waiting for `reclaim_after`.
@@ -394,35 +316,50 @@ class S3StatePersistence(BaseStatePersistence[StateT, RunEndT]):
         if self.should_set_types():
             raise ValueError(f"{self.uri}: recovering a run needs its graph's types: pass the graph (--graph)")
         with self._traced('recover'):
-            return await self._update(partial(_release_claims, _new_token(), datetime.now(tz=UTC)))
+            token = _new_token()
+            return await self._update(lambda ctx: partial(changes.release_claims, ctx, token))
 
     def should_set_types(self) -> bool:
         """Whether types need to be set."""
-        return self._codec is None
+        return self._snapshot_types is None
 
     def set_types(self, state_type: type[StateT], run_end_type: type[RunEndT]) -> None:
         types: tuple[Any, ...] = (state_type, run_end_type, tuple(nodes_type_context.get(())))
-        self._codec = _snapshot_list_codec(*types)
+        self._snapshot_types = _snapshot_types(*types)
         self._object = None
 
     @asynccontextmanager
     async def _record_run(self, snapshot_id: str) -> AsyncGenerator[None]:
+        """`record_run`, under a claim with `reclaim_after`: the claim from `load_next`, or a new one on a
+        `created` snapshot. Without `reclaim_after`, as `FileStatePersistence` does, without claims."""
+        await self._flush_finished()
+        claimed = self.reclaim_after is not None
+        held = self._held.pop(snapshot_id, None)
+        token = held or _new_token()
         # One span around the node's execution too, so that the node's own spans nest under it.
         with self._traced('record_run', snapshot_id):
-            await self._update(partial(_start_run, snapshot_id, datetime.now(tz=UTC)))
+            start_ts = datetime.now(tz=UTC)
+            if claimed:
+                await self._update(
+                    lambda ctx: partial(changes.start_claimed_run, ctx, snapshot_id, held, token, start_ts)
+                )
+            else:
+                await self._update(lambda ctx: partial(changes.start_run, ctx, snapshot_id, start_ts))
             logger.info('run %s: snapshot %s running', self.run_id, snapshot_id, extra={'run_id': self.run_id})
             start = perf_counter()
             try:
                 yield
             except Exception:
-                await self._finish(snapshot_id, perf_counter() - start, 'error')
+                duration = perf_counter() - start
+                if claimed:
+                    await self._update(
+                        lambda ctx: partial(changes.finish_claimed_run, ctx, snapshot_id, token, duration, 'error')
+                    )
+                else:
+                    await self._update(lambda ctx: partial(changes.finish_run, ctx, snapshot_id, duration, 'error'))
+                logger.info('run %s: snapshot %s error', self.run_id, snapshot_id, extra={'run_id': self.run_id})
                 raise
-            else:
-                await self._finish(snapshot_id, perf_counter() - start, 'success')
-
-    async def _finish(self, snapshot_id: str, duration: float, status: SnapshotStatus) -> None:
-        await self._update(partial(_finish_run, snapshot_id, duration, status))
-        logger.info('run %s: snapshot %s %s', self.run_id, snapshot_id, status, extra={'run_id': self.run_id})
+            self._finished = Finished(snapshot_id, token if claimed else None, perf_counter() - start)
 
     @contextmanager
     def _traced(self, method: str, snapshot_id: str | None = None) -> Iterator[None]:
@@ -439,62 +376,98 @@ class S3StatePersistence(BaseStatePersistence[StateT, RunEndT]):
                 call_span.set_attribute('outcome', outcome)
                 logger.debug('run %s: %s %s', self.run_id, method, outcome, extra={'run_id': self.run_id})
 
-    @asynccontextmanager
-    async def _record_claimed_run(self, snapshot_id: str) -> AsyncGenerator[None]:
-        """`record_run` under a claim: the claim from `load_next`, or a new one on a `created` snapshot.
-
-        The start and an error are written at once; a success is written with the successor snapshot, in one
-        write (`_append`), so that no crash can leave a successful node without a successor, and the run's
-        history advances exactly once per step.
-        """
-        await self._flush_finished()
-        held = self._held.pop(snapshot_id, None)
-        token = held or _new_token()
-        with self._traced('record_run', snapshot_id):
-            await self._update(partial(_start_claimed_run, snapshot_id, held, token, datetime.now(tz=UTC)))
-            logger.info('run %s: snapshot %s running', self.run_id, snapshot_id, extra={'run_id': self.run_id})
-            start = perf_counter()
-            try:
-                yield
-            except Exception:
-                await self._update(partial(_finish_claimed_run, snapshot_id, token, perf_counter() - start, 'error'))
-                logger.info('run %s: snapshot %s error', self.run_id, snapshot_id, extra={'run_id': self.run_id})
-                raise
-            self._finished = _Finished(snapshot_id, token, perf_counter() - start)
-
     async def _append(self, snapshot: Snapshot[StateT, RunEndT]) -> None:
+        element = self._types().element(snapshot)
         finished, self._finished = self._finished, None
         if finished is None:
-            await self._update(partial(_append_if_new, snapshot.id, snapshot))
-        else:
-            await self._update(partial(_append_successor, finished, snapshot))
+            await self._update(lambda ctx: partial(changes.append_if_new, ctx, element, False))
+            return
+        await self._update(lambda ctx: partial(changes.append_successor, ctx, finished, element))
+        logger.info('run %s: snapshot %s success', self.run_id, finished.snapshot_id, extra={'run_id': self.run_id})
 
     async def _flush_finished(self) -> None:
         # A success that no successor followed (record_run used on its own): written by itself after all.
         finished, self._finished = self._finished, None
-        if finished is not None:
-            change = partial(_finish_claimed_run, finished.snapshot_id, finished.token, finished.duration, 'success')
-            await self._update(change)
+        if finished is None:
+            return
+        snapshot_id, token, duration = finished.snapshot_id, finished.token, finished.duration
+        if token is None:
+            await self._update(lambda ctx: partial(changes.finish_run, ctx, snapshot_id, duration, 'success'))
+        else:
+            await self._update(
+                lambda ctx: partial(changes.finish_claimed_run, ctx, snapshot_id, token, duration, 'success')
+            )
 
-    async def _update(self, change: Callable[[RunRecord], Change[RunRecord, R]]) -> R:
-        try:
-            return await self._cas().update(change)
-        except _Fenced as e:
-            fenced = e
+    async def _update(self, change: Callable[[RunContext], Callable[[RunHead], Change[RunHead, R]]]) -> R:
+        """Apply the change `change(context)` to the head; read sealed history first if the change asks for it."""
+        while True:
+            try:
+                return await self._cas().update(change(self._context()))
+            except NeedSealed as e:
+                await self._read_sealed(e.head)
+            except Fenced as e:
+                fenced = e
+                break
         # Raised outside the except clause, so that its context is the caller's: the node's error being recorded.
         raise ClaimLostError(self.bucket, self.key, fenced.snapshot_id, fenced.detail)
 
-    def _cas(self) -> CasObject[RunRecord]:
+    async def _load_record(self) -> RunRecord:
+        """The whole history: the head, and the segments it counts (read once per instance: they never change)."""
+        return await self._history(await self._cas().load())
+
+    async def _history(self, head: RunHead) -> RunRecord:
+        await self._read_sealed(head)
+        elements = [*self._sealed.elements[: head.sealed_snapshots], *head.snapshots]
+        types = self._types()
+        try:
+            types.check_nodes(elements)
+            snapshots = types.snapshots(elements)
+        except ValueError as e:
+            raise CorruptObjectError(self.bucket, self.key, str(e).splitlines()[0]) from e
+        claims = {e.id: e.claim for e in elements if e.claim is not None}
+        return RunRecord(snapshots, claims)
+
+    async def _read_sealed(self, head: RunHead) -> None:
+        """Extend `_sealed` to every segment `head` counts, checking that they add up to what it says."""
+        if head.segment_id is None or self._sealed.covers(head):
+            return
+        sealed = self._sealed if self._sealed.segment_id == head.segment_id else Sealed(head.segment_id)
+        elements = list(sealed.elements)
+        for seq in range(sealed.count + 1, head.sealed_segments + 1):
+            key = segment_key(self.key, head.segment_id, seq)
+            body = await self._cas().read_object(key)
+            if body is None:
+                raise CorruptObjectError(self.bucket, key, f'segment {seq} of the run is missing')
+            try:
+                elements.extend(decode_segment(body))
+            except ValueError as e:
+                raise CorruptObjectError(self.bucket, key, str(e).splitlines()[0]) from e
+        ids = {e.id for e in elements} | {e.id for e in head.snapshots}
+        if len(elements) != head.sealed_snapshots or len(ids) != head.total_snapshots:
+            raise CorruptObjectError(
+                self.bucket,
+                self.key,
+                f'segments hold {len(elements)} snapshot(s), the head counts {head.sealed_snapshots}, or ids repeat',
+            )
+        self._sealed = Sealed(head.segment_id, head.sealed_segments, tuple(elements))
+
+    def _context(self) -> RunContext:
+        return RunContext(self.key, self._types(), self._sealed, self._cas().server_now)
+
+    def _types(self) -> SnapshotTypes:
+        if self._snapshot_types is None:
+            raise RuntimeError(
+                f'{self.uri}: snapshot types are not set. Pass this persistence to a Graph method '
+                '(run, iter, iter_from_persistence, initialize), or call set_graph_types(graph) first.'
+            )
+        return self._snapshot_types
+
+    def _cas(self) -> CasObject[RunHead]:
         if self._object is None:
-            if self._codec is None:
-                raise RuntimeError(
-                    f'{self.uri}: snapshot types are not set. Pass this persistence to a Graph method '
-                    '(run, iter, iter_from_persistence, initialize), or call set_graph_types(graph) first.'
-                )
             self._object = CasObject(
                 bucket=self.bucket,
                 key=self.key,
-                codec=self._codec,
+                codec=HeadCodec(self._types()),
                 client=self._client,
                 retry=self.retry,
                 max_object_bytes=self.max_object_bytes,
@@ -527,154 +500,3 @@ def _detached(snapshot: S) -> S:
 
 def _new_token() -> str:
     return uuid.uuid4().hex
-
-
-# The change functions below are pure: they read the record they are given and return a new one, because the
-# compare-and-swap loop may call them again on a fresher record after a conflict, and caches the record it
-# wrote. What they return to callers is a copy, for the same reason.
-
-
-def _append_if_new(snapshot_id: str, snapshot: Snapshot[Any, Any], run: RunRecord) -> Change[RunRecord, None]:
-    # snapshot_node and snapshot_end go through here too: snapshot ids are unique, so finding ours means an
-    # earlier attempt's write landed after all, and appending it again would give its node two successors.
-    if any(s.id == snapshot_id for s in run.snapshots):
-        return Change(None, None)
-    return Change(run.appended(snapshot), None)
-
-
-def _create_if_empty(snapshot: Snapshot[Any, Any], run: RunRecord) -> Change[RunRecord, Snapshots[Any, Any] | None]:
-    if run.snapshots:
-        return Change(None, _detached(run.snapshots))
-    return Change(run.appended(snapshot), None)
-
-
-def _claim_next_created(run: RunRecord) -> Change[RunRecord, NodeSnapshot[Any, Any] | None]:
-    for index, snapshot in enumerate(run.snapshots):
-        if isinstance(snapshot, NodeSnapshot) and snapshot.status == 'created':
-            claimed = replace(snapshot, status='pending')
-            return Change(run.with_snapshot(index, claimed), _detached(claimed))
-    return Change(None, None)
-
-
-def _start_run(snapshot_id: str, start_ts: datetime, run: RunRecord) -> Change[RunRecord, None]:
-    index, snapshot = _find_node_snapshot(run.snapshots, snapshot_id)
-    GraphNodeStatusError.check(snapshot.status)
-    return Change(run.with_snapshot(index, replace(snapshot, status='running', start_ts=start_ts)), None)
-
-
-def _finish_run(snapshot_id: str, duration: float, status: SnapshotStatus, run: RunRecord) -> Change[RunRecord, None]:
-    index, snapshot = _find_node_snapshot(run.snapshots, snapshot_id)
-    return Change(run.with_snapshot(index, replace(snapshot, status=status, duration=duration)), None)
-
-
-# With reclaim_after: claims and fencing. A claim is current when the snapshot's claim has the caller's token.
-
-
-def _claim_next(
-    token: str, now: datetime, reclaim_after: timedelta, max_attempts: int, run: RunRecord
-) -> Change[RunRecord, NodeSnapshot[Any, Any] | None]:
-    """Claim the first `created` node snapshot; failing that, take over the first stale claim."""
-    nodes = [(i, s) for i, s in enumerate(run.snapshots) if isinstance(s, NodeSnapshot)]
-    for _, snapshot in nodes:
-        claim = run.claims.get(snapshot.id)
-        if claim is not None and claim.token == token and snapshot.status == 'pending':
-            return Change(None, _detached(snapshot))  # an earlier attempt's claim landed unseen
-    for index, snapshot in nodes:
-        if snapshot.status == 'created':
-            claimed = replace(snapshot, status='pending')
-            released = run.claims.get(snapshot.id)  # by `recover`, which keeps the count
-            attempt = 1 if released is None else released.attempt + 1
-            return Change(run.with_snapshot(index, claimed, Claim(token, now, attempt)), _detached(claimed))
-    for index, snapshot in nodes:
-        claim = run.claims.get(snapshot.id)
-        # Claims without a token (made by a worker without reclaim_after) cannot be fenced, so are never taken.
-        if snapshot.status not in ('pending', 'running') or claim is None or now - claim.claimed_at < reclaim_after:
-            continue
-        if claim.attempt >= max_attempts:
-            reason = (
-                f'abandoned: {claim.attempt} claim(s) went stale (none finished within reclaim_after='
-                f'{reclaim_after.total_seconds():g}s), max_attempts={max_attempts} reached'
-            )
-            failed = replace(snapshot, status='error')
-            return Change(run.with_snapshot(index, failed, replace(claim, error=reason)), None)
-        reclaimed = replace(snapshot, status='pending', start_ts=None)
-        next_claim = Claim(token, now, claim.attempt + 1)
-        return Change(run.with_snapshot(index, reclaimed, next_claim), _detached(reclaimed))
-    return Change(None, None)
-
-
-def _release_claims(token: str, now: datetime, run: RunRecord) -> Change[RunRecord, list[str]]:
-    """Every `pending` or `running` node snapshot back to `created`, under a claim token nobody holds."""
-    released: list[str] = []
-    for index, snapshot in enumerate(run.snapshots):
-        if isinstance(snapshot, NodeSnapshot) and snapshot.status in ('pending', 'running'):
-            claim = run.claims.get(snapshot.id)
-            revoked = Claim(token, now, attempt=0 if claim is None else claim.attempt)
-            run = run.with_snapshot(index, replace(snapshot, status='created', start_ts=None), revoked)
-            released.append(snapshot.id)
-    return Change(run if released else None, released)
-
-
-def _start_claimed_run(
-    snapshot_id: str, held: str | None, token: str, start_ts: datetime, run: RunRecord
-) -> Change[RunRecord, None]:
-    """Start a node under the claim `held` (from `load_next`), or under a new claim `token` when none is held."""
-    index, snapshot = _find_node_snapshot(run.snapshots, snapshot_id)
-    claim = run.claims.get(snapshot_id)
-    if claim is not None and claim.token == token:
-        if snapshot.status == 'running':
-            return Change(None, None)  # an earlier attempt's start landed unseen
-        GraphNodeStatusError.check(snapshot.status)
-        return Change(run.with_snapshot(index, replace(snapshot, status='running', start_ts=start_ts)), None)
-    if held is not None:
-        raise _Fenced(snapshot_id, _taken_over(claim))
-    GraphNodeStatusError.check(snapshot.status)
-    if claim is not None and snapshot.status == 'pending':
-        raise _Fenced(snapshot_id, f'it is claimed by another worker (attempt {claim.attempt})')
-    attempt = 1 if claim is None else claim.attempt + 1
-    started = replace(snapshot, status='running', start_ts=start_ts)
-    return Change(run.with_snapshot(index, started, Claim(token, start_ts, attempt)), None)
-
-
-def _finish_claimed_run(
-    snapshot_id: str, token: str, duration: float, status: SnapshotStatus, run: RunRecord
-) -> Change[RunRecord, None]:
-    index, snapshot = _check_fence(run, snapshot_id, token)
-    if snapshot.status == status:
-        return Change(None, None)  # an earlier attempt's write landed unseen
-    return Change(run.with_snapshot(index, replace(snapshot, status=status, duration=duration)), None)
-
-
-def _append_successor(finished: _Finished, successor: Snapshot[Any, Any], run: RunRecord) -> Change[RunRecord, None]:
-    """Record a node's success and append its successor in one write, if the node's claim is still ours."""
-    if any(s.id == successor.id for s in run.snapshots):
-        return Change(None, None)  # an earlier attempt's write landed unseen
-    index, snapshot = _check_fence(run, finished.snapshot_id, finished.token)
-    succeeded = replace(snapshot, status='success', duration=finished.duration)
-    return Change(run.with_snapshot(index, succeeded).appended(successor), None)
-
-
-def _check_fence(run: RunRecord, snapshot_id: str, token: str) -> tuple[int, NodeSnapshot[Any, Any]]:
-    index, snapshot = _find_node_snapshot(run.snapshots, snapshot_id)
-    claim = run.claims.get(snapshot_id)
-    # A claim marked with an error was given up on (max_attempts), even if its token is still ours.
-    if claim is None or claim.token != token or claim.error is not None:
-        raise _Fenced(snapshot_id, _taken_over(claim))
-    return index, snapshot
-
-
-def _taken_over(claim: Claim | None) -> str:
-    if claim is None:
-        return 'its claim is gone'
-    if claim.error is not None:
-        return claim.error
-    return f'taken over by attempt {claim.attempt} at {claim.claimed_at.isoformat()}'
-
-
-def _find_node_snapshot(snapshots: Snapshots[Any, Any], snapshot_id: str) -> tuple[int, NodeSnapshot[Any, Any]]:
-    for index, snapshot in enumerate(snapshots):
-        if snapshot.id == snapshot_id:
-            if not isinstance(snapshot, NodeSnapshot):
-                raise TypeError(f'snapshot {snapshot_id!r} is an end snapshot: only node snapshots can be recorded')
-            return index, snapshot
-    raise LookupError(f'No snapshot found with id={snapshot_id!r}')

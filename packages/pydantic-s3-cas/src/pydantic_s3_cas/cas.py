@@ -14,10 +14,13 @@ from __future__ import annotations as _annotations
 
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from botocore.exceptions import (
@@ -72,10 +75,17 @@ class Codec(Protocol[T]):
 
 @dataclass(frozen=True)
 class Change(Generic[T, R]):
-    """What a change function decided: the value to write (`None`: write nothing) and what to return."""
+    """What a change function decided: the value to write (`None`: write nothing) and what to return.
+
+    `creates` are immutable objects (key, bytes) that the value refers to: each is created with
+    `IfNoneMatch='*'` before the value is written, so the value never names an object that does not exist. One
+    that exists already must hold the same bytes (an earlier attempt's, or a racing writer's, making the same
+    decision), else the update fails with `CorruptObjectError` naming it.
+    """
 
     value: T | None
     result: R
+    creates: Sequence[tuple[str, bytes]] = ()
 
 
 @dataclass(frozen=True)
@@ -144,6 +154,9 @@ class _Retryable(Exception):
         # A conflict on a cached ETag only means our copy was stale: re-read at once, don't back off.
         self.from_cache = from_cache
 
+
+CLOCK_TOLERANCE = timedelta(seconds=2)
+"""How far this machine's clock may be from the S3 endpoint's before `CasObject.server_now` stops using it."""
 
 _CONFLICT_CODES = frozenset({'PreconditionFailed', '412', 'ConditionalRequestConflict', '409'})
 _TRANSIENT_CODES = frozenset(
@@ -380,6 +393,7 @@ class CasObject(Generic[T]):
     """Where this object's log records go (see `RequestScope.logger`)."""
     _version: _Version[T] | None = field(default=None, init=False, repr=False)
     _scope: RequestScope = field(init=False, repr=False)
+    _server_clock: tuple[datetime, float] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._scope = RequestScope(self.bucket, self.key, self.retry, self.stats, self.labels, logger=self.logger)
@@ -399,6 +413,11 @@ class CasObject(Generic[T]):
 
         return await self._scope.with_retries(read)
 
+    async def read_object(self, key: str) -> bytes | None:
+        """A fresh read of another object that belongs with this one (e.g. an immutable part of its history),
+        with this object's retries, limits and counters. `None` when it does not exist."""
+        return await self._scope.with_retries(partial(self._get_other, key=key))
+
     async def update(self, change: Callable[[T], Change[T, R]], *, expect_missing: bool = False) -> R:
         """Apply `change` to the current value and write the result back atomically; return what it decided.
 
@@ -415,11 +434,13 @@ class CasObject(Generic[T]):
         attempt read it. That saves a request, and a GET of a missing key, which S3 answers with 403 rather than
         404 to a caller whose `s3:ListBucket` is limited by an `s3:prefix` condition.
         """
-        unconfirmed: tuple[bytes, R] | None = None
+        # Every body sent whose outcome is unknown (a timeout, a dropped connection, a 5xx): any of them may land
+        # later, even after the next attempt's read, so each later read is compared with all of them.
+        unconfirmed: list[tuple[bytes, R]] = []
         guess_missing = expect_missing
 
         async def attempt(number: int) -> R:
-            nonlocal unconfirmed, guess_missing
+            nonlocal guess_missing
             cached = self._version
             guessed, guess_missing = cached is None and guess_missing, False
             denied: AccessDeniedError | None = None
@@ -430,11 +451,10 @@ class CasObject(Generic[T]):
                 # grant limited by an s3:prefix condition does that). Taking the object as missing can only lead to
                 # a create with IfNoneMatch='*', which fails harmlessly if the object does exist after all.
                 version, denied = None, e
-            if unconfirmed is not None:
-                body, result = unconfirmed
-                unconfirmed = None
-                if version is not None and version.body == body:
-                    return result
+            if version is not None:
+                for body, result in unconfirmed:
+                    if version.body == body:
+                        return result
             current = version.value if version is not None and version.value is not None else self._decode(version)
             try:
                 decided = change(current)
@@ -449,6 +469,11 @@ class CasObject(Generic[T]):
                     self._version = replace(version, value=current)
                 return decided.result
             body = self.codec.encode(decided.value)
+            self._check_size(self.key, body)
+            for key, created in decided.creates:
+                self._check_size(key, created)
+            for key, created in decided.creates:
+                await self._create(number, key, created)
             try:
                 # A conflict on a guess or a cached ETag only means we did not know the current version.
                 etag = version.etag if version is not None else None
@@ -457,7 +482,7 @@ class CasObject(Generic[T]):
                 if denied is not None and e.conflict:
                     raise denied from e  # it exists, and we may not read it
                 if not e.conflict:
-                    unconfirmed = (body, decided.result)
+                    unconfirmed.append((body, decided.result))
                 raise
             return decided.result
 
@@ -497,6 +522,23 @@ class CasObject(Generic[T]):
 
         return await self._scope.with_retries(attempt)
 
+    def server_now(self) -> datetime:
+        """The time now by the S3 endpoint's clock, to within `CLOCK_TOLERANCE`.
+
+        The `Date` of the last response (one-second resolution) plus the monotonic time since estimates the
+        endpoint's clock; this machine's clock is used when it agrees with that estimate within
+        `CLOCK_TOLERANCE` (it is finer), the estimate when it does not. So machines whose clocks are wrong by
+        minutes or days still agree on the age of a claim to within a few seconds. Before any response: this
+        machine's clock.
+        """
+        local = datetime.now(tz=UTC)
+        if self._server_clock is None:
+            return local
+        date, seen_at = self._server_clock
+        # Date is truncated to the second: the endpoint's time was in [date, date + 1s) when it answered.
+        estimate = date + timedelta(seconds=0.5 + time.monotonic() - seen_at)
+        return local if abs(local - estimate) <= CLOCK_TOLERANCE else estimate
+
     def forget_cache(self) -> None:
         """Drop the cached version, so the next update starts with a GET."""
         self._version = None
@@ -534,8 +576,69 @@ class CasObject(Generic[T]):
                 raise self._scope.classify(e, 'GetObject') from e
             request.etag = response['ETag']
         self.stats.bytes_received += len(body)
+        self._note_server_date(response)
         self._version = _Version(body, response['ETag'])
         return self._version
+
+    async def _create(self, attempt: int, key: str, body: bytes) -> None:
+        """Create the immutable object `key` with `body`, or make sure the one there holds exactly `body`."""
+        client = await self._s3()
+        self.stats.puts += 1
+        self.stats.bytes_sent += len(body)
+        with self._scope.request('PutObject', attempt) as request:
+            try:
+                response = await client.put_object(
+                    Bucket=self.bucket, Key=key, Body=body, ContentType=self.content_type, IfNoneMatch='*'
+                )
+            except (ClientError, BotoCoreError) as e:
+                if _error_code(e) not in _CONFLICT_CODES:
+                    raise self._scope.classify(e, f'PutObject {key}') from e
+                request.outcome = 'exists'
+            else:
+                request.etag = response['ETag']
+                self._note_server_date(response)
+                return
+        existing = await self._get_other(attempt, key)
+        if existing != body:
+            raise CorruptObjectError(
+                self.bucket, key, 'an immutable object holds other bytes than every writer would give it'
+            )
+
+    async def _get_other(self, attempt: int, key: str) -> bytes | None:
+        client = await self._s3()
+        self.stats.gets += 1
+        with self._scope.request('GetObject', attempt) as request:
+            try:
+                response = await client.get_object(Bucket=self.bucket, Key=key)
+                async with response['Body'] as stream:
+                    size = response.get('ContentLength', 0)
+                    if self.max_object_bytes is not None and size > self.max_object_bytes:
+                        raise ObjectTooLargeError(self.bucket, key, size, self.max_object_bytes)
+                    body = await stream.read()
+            except (ClientError, BotoCoreError) as e:
+                if _error_code(e) in {'NoSuchKey', '404'}:
+                    request.outcome = 'missing'
+                    return None
+                raise self._scope.classify(e, f'GetObject {key}') from e
+            request.etag = response['ETag']
+        self.stats.bytes_received += len(body)
+        return body
+
+    def _check_size(self, key: str, body: bytes) -> None:
+        # Refused before sending: an object over the limit could be written but never read back.
+        if self.max_object_bytes is not None and len(body) > self.max_object_bytes:
+            raise ObjectTooLargeError(self.bucket, key, len(body), self.max_object_bytes)
+
+    def _note_server_date(self, response: Any) -> None:
+        date = response.get('ResponseMetadata', {}).get('HTTPHeaders', {}).get('date')
+        if not date:
+            return
+        try:
+            parsed = parsedate_to_datetime(date)
+        except (TypeError, ValueError):
+            return
+        if parsed.tzinfo is not None:
+            self._server_clock = (parsed, time.monotonic())
 
     async def _put(self, attempt: int, body: bytes, value: T, etag: str | None, *, from_cache: bool) -> None:
         client = await self._s3()
@@ -560,6 +663,7 @@ class CasObject(Generic[T]):
                     raise _Retryable('object deleted since it was read', conflict=True) from e
                 raise self._scope.classify(e, 'PutObject', from_cache=from_cache) from e
             request.etag = response['ETag']
+        self._note_server_date(response)
         self._version = _Version(body, response['ETag'], value)
 
 

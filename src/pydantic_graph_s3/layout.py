@@ -1,0 +1,409 @@
+"""The stored format of a run: a head object that compare-and-swap updates, and immutable segments of history.
+
+A run's head, `{prefix}{run_id}.json`, is the only object of the run ever overwritten. It has one of two forms:
+
+- *single*: the snapshot list exactly as `FileStatePersistence` writes its file (`dump_json(indent=2)`), used
+  until the run has `SEAL_THRESHOLD` bytes of finished snapshots;
+- *segmented*: `{"pydantic_graph_s3": "segmented-1", "segment_id": ..., "sealed_segments": n,
+  "sealed_snapshots": m, "snapshots": [...]}`, whose `snapshots` list (rendered like the file) is the live tail.
+
+The history before the tail lives in segments `{prefix}{run_id}~{segment_id}~{seq:08d}.json` (seq 1..n), each a
+File-format list of finished snapshots, written once with `IfNoneMatch='*'` and never changed.
+
+Snapshots are kept as `Element`s: the exact bytes stored plus the few fields the change functions look at. An
+element a change does not touch is written back byte for byte, so keys a worker's state type does not know
+survive it; a change to one patches only the keys it sets (`Element.patched`).
+"""
+
+from __future__ import annotations as _annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+import pydantic
+import pydantic_core
+
+__all__ = (
+    'SEAL_THRESHOLD',
+    'SEGMENTED_FORMAT',
+    'Claim',
+    'Element',
+    'RunHead',
+    'decode_head',
+    'decode_segment',
+    'encode_head',
+    'render_list',
+    'seal',
+    'segment_key',
+    'segment_group_prefix',
+    'split_list',
+)
+
+SEAL_THRESHOLD = 8 * 1024
+"""Bytes of finished snapshots at the front of the head that are moved into a segment at the next write.
+
+A library constant, not an option: every writer must propose the same bytes for the same segment key.
+"""
+SEGMENTED_FORMAT = 'segmented-1'
+_FORMAT_KEY = 'pydantic_graph_s3'
+_FINISHED = frozenset({'success', 'error', 'end'})
+_STATUSES = frozenset({'created', 'pending', 'running', 'success', 'error'})
+_MAX_ATTEMPT = 1_000_000
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Who holds a node snapshot's step, since when, and how many claims it has had; stored in the snapshot.
+
+    Written only when `reclaim_after` is set. `token` is unique per claim, so a worker can tell that its claim
+    was taken over, and so that no two claims ever write the same bytes. `error` says why a snapshot was marked
+    `error` by the reclaim bound (`max_attempts`) rather than by its node.
+    """
+
+    token: str
+    claimed_at: datetime
+    attempt: int = 1
+    error: str | None = None
+
+
+_CLAIM: pydantic.TypeAdapter[Claim] = pydantic.TypeAdapter(Claim)
+
+
+@dataclass(frozen=True)
+class Element:
+    """One stored snapshot: its exact bytes (as they sit in an `indent=2` list) and the fields changes read."""
+
+    raw: bytes
+    id: str
+    kind: str
+    """`node` or `end`."""
+    status: str
+    """The node snapshot's status, or `end`."""
+    node_id: str | None = None
+    claim: Claim | None = None
+
+    @property
+    def finished(self) -> bool:
+        """Whether this snapshot can never change again (a node that succeeded or failed, or the end)."""
+        return self.status in _FINISHED
+
+    def patched(self, **changes: Any) -> Element:
+        """This element with top-level keys set (`status`, `start_ts`, `duration`, `claim`); other bytes kept.
+
+        Values are rendered by pydantic-core, as the snapshot list adapter renders them, so a patched element is
+        byte for byte what re-encoding the whole snapshot would give for a snapshot pydantic wrote.
+        """
+        raw = self.raw
+        for key, value in changes.items():
+            if key == 'claim':
+                rendered = None if value is None else _CLAIM.dump_python(value, mode='json', exclude_none=True)
+            else:
+                rendered = value
+            raw = _set_member(raw, key, pydantic_core.to_json(rendered, indent=2))
+        fields: dict[str, Any] = {k: v for k, v in changes.items() if k in ('status', 'claim')}
+        return replace(self, raw=raw, **fields)
+
+
+@dataclass(frozen=True)
+class RunHead:
+    """The head object of a run: its live tail of snapshots and, once sealed, where the history before it is."""
+
+    snapshots: tuple[Element, ...] = ()
+    segment_id: str | None = None
+    """The nonce in the run's segment keys; `None` while the head is in the single (File) form."""
+    sealed_segments: int = 0
+    sealed_snapshots: int = 0
+
+    @property
+    def segmented(self) -> bool:
+        return self.segment_id is not None
+
+    @property
+    def total_snapshots(self) -> int:
+        return self.sealed_snapshots + len(self.snapshots)
+
+    def index(self, snapshot_id: str) -> int | None:
+        """Where the snapshot with this id is in the head, or `None` when it is not there."""
+        for index, element in enumerate(self.snapshots):
+            if element.id == snapshot_id:
+                return index
+        return None
+
+    def with_element(self, index: int, element: Element) -> RunHead:
+        return replace(self, snapshots=(*self.snapshots[:index], element, *self.snapshots[index + 1 :]))
+
+    def appended(self, element: Element) -> RunHead:
+        return replace(self, snapshots=(*self.snapshots, element))
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A segment to create: its sequence number (from 1) and its bytes."""
+
+    seq: int
+    body: bytes
+    snapshots: tuple[Element, ...] = field(repr=False, default=())
+
+
+def segment_id_for(first_snapshot_id: str) -> str:
+    """The nonce of a run's segment keys, from its first snapshot's id.
+
+    Every sealer computes the same one, and a run deleted and created again under the same run id gets another,
+    so leftovers of the old run are never taken for segments of the new one.
+    """
+    return hashlib.sha256(first_snapshot_id.encode()).hexdigest()[:12]
+
+
+def segment_group_prefix(head_key: str) -> str:
+    """The key prefix of every segment of the run whose head is `head_key` (`~` never occurs in a run id)."""
+    return f'{head_key.removesuffix(".json")}~'
+
+
+def segment_key(head_key: str, segment_id: str, seq: int) -> str:
+    return f'{segment_group_prefix(head_key)}{segment_id}~{seq:08d}.json'
+
+
+def seal(head: RunHead) -> tuple[RunHead, list[Segment]]:
+    """Move finished history out of the head, `SEAL_THRESHOLD` bytes at a time; return the new head and segments.
+
+    Deterministic: it depends only on the head's elements, and finished elements never change, so every head
+    version with the same sealed count proposes the same bytes for the same segment. The head's last snapshot is
+    never sealed, so the tail always tells a run's current status.
+    """
+    segments: list[Segment] = []
+    while (cut := _seal_cut(head.snapshots)) is not None:
+        sealed, rest = head.snapshots[:cut], head.snapshots[cut:]
+        segment_id = head.segment_id or segment_id_for(head.snapshots[0].id)
+        seq = head.sealed_segments + 1
+        segments.append(Segment(seq, render_list(e.raw for e in sealed), sealed))
+        head = RunHead(rest, segment_id, seq, head.sealed_snapshots + cut)
+    return head, segments
+
+
+def _seal_cut(snapshots: Sequence[Element]) -> int | None:
+    total = 0
+    for index, element in enumerate(snapshots[:-1]):
+        if not element.finished:
+            return None
+        total += len(element.raw)
+        if total >= SEAL_THRESHOLD:
+            return index + 1
+    return None
+
+
+# --- bytes ---------------------------------------------------------------------------------------------------
+
+_LIST_OPEN, _LIST_SEPARATOR, _LIST_CLOSE = b'[\n  ', b',\n  ', b'\n]'
+_CANONICAL_SPLIT = b'\n  },\n  {\n'
+
+
+def render_list(raws: Any) -> bytes:
+    """A list of element bytes as `dump_json(indent=2)` renders a list (`[]` when empty)."""
+    items = list(raws)
+    if not items:
+        return b'[]'
+    return _LIST_OPEN + _LIST_SEPARATOR.join(items) + _LIST_CLOSE
+
+
+def encode_head(head: RunHead) -> bytes:
+    snapshots = render_list(e.raw for e in head.snapshots)
+    if head.segment_id is None:
+        return snapshots
+    header = (
+        f'{{"{_FORMAT_KEY}": "{SEGMENTED_FORMAT}", "segment_id": "{head.segment_id}", '
+        f'"sealed_segments": {head.sealed_segments}, "sealed_snapshots": {head.sealed_snapshots}, "snapshots": '
+    )
+    return header.encode() + snapshots + b'}'
+
+
+def decode_head(body: bytes) -> RunHead:
+    """The head stored as `body`, checked for structure. Raises `ValueError` saying what is wrong."""
+    start = _skip_space(body, 0)
+    if body[start : start + 1] == b'[':
+        return _checked(RunHead(tuple(split_list(body))))
+    if body[start : start + 1] != b'{':
+        raise ValueError('not a snapshot list: the top level is neither a list nor a segmented run head')
+    members = dict((key, (begin, end)) for key, begin, end in _members(body, start))
+    format_span = members.get(_FORMAT_KEY)
+    if format_span is None or _json(body[slice(*format_span)]) != SEGMENTED_FORMAT:
+        raise ValueError(f'not a snapshot list: an object without "{_FORMAT_KEY}": "{SEGMENTED_FORMAT}"')
+    header = {key: _json(body[slice(*span)]) for key, span in members.items() if key != 'snapshots'}
+    segment_id, segments = header.get('segment_id'), header.get('sealed_segments')
+    sealed = header.get('sealed_snapshots')
+    if not (isinstance(segment_id, str) and re.fullmatch(r'[0-9a-f]{1,64}', segment_id)):
+        raise ValueError('segmented run head: segment_id must be a hex string')
+    if not (isinstance(segments, int) and isinstance(sealed, int) and 1 <= segments <= sealed):
+        raise ValueError('segmented run head: need 1 <= sealed_segments <= sealed_snapshots')
+    if 'snapshots' not in members:
+        raise ValueError('segmented run head without "snapshots"')
+    snapshots = split_list(body[slice(*members['snapshots'])])
+    if not snapshots:
+        raise ValueError('segmented run head with no live snapshot')
+    return _checked(RunHead(tuple(snapshots), segment_id, segments, sealed))
+
+
+def decode_segment(body: bytes, expected_snapshots: int | None = None) -> list[Element]:
+    """The finished snapshots of one segment. Raises `ValueError` on a list that cannot be a segment."""
+    elements = split_list(body)
+    if not elements or any(not e.finished for e in elements):
+        raise ValueError('a segment must hold finished snapshots only')
+    return elements
+
+
+def split_list(body: bytes) -> list[Element]:
+    """The elements of a stored snapshot list, each with its exact bytes."""
+    return [_element(raw, index) for index, raw in enumerate(_list_items(body))]
+
+
+def _checked(head: RunHead) -> RunHead:
+    """Structure every writer relies on: unique ids, and the end snapshot only last."""
+    seen: set[str] = set()
+    for index, element in enumerate(head.snapshots):
+        if element.id in seen:
+            raise ValueError(f'snapshot {head.sealed_snapshots + index} repeats snapshot id {element.id!r}')
+        seen.add(element.id)
+        if element.kind == 'end' and index != len(head.snapshots) - 1:
+            raise ValueError(f'snapshot {head.sealed_snapshots + index} is an end snapshot but not the last one')
+    return head
+
+
+def _list_items(body: bytes) -> list[bytes]:
+    stripped = body.strip()
+    if stripped == b'[]':
+        return []
+    # Fast path for the canonical layout: top-level elements are separated by exactly this, since nested lines
+    # are indented deeper and JSON strings cannot hold a raw newline.
+    if stripped.startswith(b'[\n  {\n') and stripped.endswith(b'\n  }\n]'):
+        parts = stripped[len(_LIST_OPEN) : -len(_LIST_CLOSE)].split(_CANONICAL_SPLIT)
+        if len(parts) == 1:
+            return parts
+        return [parts[0] + b'\n  }', *(b'{\n' + p + b'\n  }' for p in parts[1:-1]), b'{\n' + parts[-1]]
+    start = _skip_space(body, 0)
+    if body[start : start + 1] != b'[':
+        raise ValueError('not a snapshot list: the top level is not a list')
+    return [body[begin:end] for begin, end in _items(body, start)]
+
+
+def _element(raw: bytes, index: int) -> Element:
+    item = _json(raw, f'snapshot {index}')
+    if not isinstance(item, dict):
+        raise ValueError(f'snapshot {index} is not a JSON object')
+    snapshot_id, kind = item.get('id'), item.get('kind')
+    if not isinstance(snapshot_id, str) or not snapshot_id:
+        raise ValueError(f'snapshot {index} has no id')
+    if kind == 'end':
+        return Element(raw, snapshot_id, 'end', 'end')
+    if kind != 'node':
+        raise ValueError(f'snapshot {index} is not a node or end snapshot')
+    node, status = item.get('node'), item.get('status')
+    if not isinstance(node, dict) or not isinstance(node.get('node_id'), str):
+        raise ValueError(f'snapshot {index} has no node id')
+    if status not in _STATUSES:
+        raise ValueError(f'snapshot {index} has no valid status')
+    claim = _claim(item['claim'], index) if 'claim' in item else None
+    return Element(raw, snapshot_id, 'node', status, node['node_id'], claim)
+
+
+def _claim(value: Any, index: int) -> Claim:
+    try:
+        claim = _CLAIM.validate_python(value)
+    except pydantic.ValidationError as e:
+        raise ValueError(f'snapshot {index} has an invalid claim: {e.errors()[0]["msg"]}') from e
+    if claim.claimed_at.tzinfo is None:
+        raise ValueError(f'snapshot {index} has an invalid claim: claimed_at has no time zone')
+    if not 0 <= claim.attempt <= _MAX_ATTEMPT:
+        raise ValueError(f'snapshot {index} has an invalid claim: attempt out of range 0..{_MAX_ATTEMPT}')
+    if not claim.token:
+        raise ValueError(f'snapshot {index} has an invalid claim: empty token')
+    return claim
+
+
+def _json(raw: bytes, what: str = 'run head') -> Any:
+    try:
+        return pydantic_core.from_json(raw)
+    except ValueError as e:
+        raise ValueError(f'{what} is not JSON: {str(e).splitlines()[0]}') from None
+
+
+# A JSON string, or one structural character: enough to find where the items of an array or object begin and end.
+_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{},:]')
+_SPACE = b' \t\r\n'
+
+
+def _skip_space(body: bytes, position: int) -> int:
+    while position < len(body) and body[position] in _SPACE:
+        position += 1
+    return position
+
+
+def _items(body: bytes, start: int) -> list[tuple[int, int]]:
+    """Spans of the items directly inside the array or object that opens at `body[start]` (whitespace trimmed)."""
+    depth, begin, spans = 0, start + 1, []
+    for match in _TOKEN.finditer(body, start):
+        token = match.group()
+        if token in (b'[', b'{'):
+            depth += 1
+        elif token in (b']', b'}'):
+            depth -= 1
+            if depth == 0:
+                spans.append(_trimmed(body, begin, match.start()))
+                if spans == [(match.start(), match.start())]:
+                    return []
+                if any(b == e for b, e in spans):
+                    raise ValueError('not a snapshot list: an empty item')
+                return spans
+        elif token == b',' and depth == 1:
+            spans.append(_trimmed(body, begin, match.start()))
+            begin = match.end()
+    raise ValueError('not JSON: unbalanced brackets')
+
+
+def _trimmed(body: bytes, begin: int, end: int) -> tuple[int, int]:
+    while begin < end and body[begin] in _SPACE:
+        begin += 1
+    while end > begin and body[end - 1] in _SPACE:
+        end -= 1
+    return begin, end
+
+
+def _members(body: bytes, start: int) -> list[tuple[str, int, int]]:
+    """The members of the object opening at `body[start]`: key, and the span of its value."""
+    members = []
+    for begin, end in _items(body, start):
+        match = _TOKEN.match(body, begin)
+        colon = _skip_space(body, match.end()) if match else begin
+        if match is None or body[colon : colon + 1] != b':':
+            raise ValueError('not JSON: an object member without a key')
+        members.append((_json(match.group()), _skip_space(body, colon + 1), end))
+    return members
+
+
+def _set_member(raw: bytes, key: str, value: bytes) -> bytes:
+    """`raw` (an object) with member `key` set to `value` (JSON rendered at indent 2); nothing else changes."""
+    canonical = raw.startswith(b'{\n    "') and raw.endswith(b'\n  }')
+    if canonical:
+        # Top-level members are exactly the lines indented by 4: nested ones are indented deeper.
+        value = value.replace(b'\n', b'\n    ')
+        marker = b'\n    "' + key.encode() + b'": '
+        at = raw.find(marker)
+        if at < 0:
+            return raw[:-4] + b',' + marker + value + raw[-4:]
+        begin = at + len(marker)
+        if raw[begin : begin + 1] in (b'{', b'[') and raw[begin : begin + 2] not in (b'{}', b'[]'):
+            end = raw.index(b'\n    ' + (b'}' if raw[begin] == ord('{') else b']'), begin) + 6
+        else:
+            end = raw.index(b'\n', begin)
+            if raw[end - 1 : end] == b',':
+                end -= 1
+        return raw[:begin] + value + raw[end:]
+    for name, begin, end in _members(raw, 0):
+        if name == key:
+            return raw[:begin] + value + raw[end:]
+    close = raw.rstrip().rindex(b'}')
+    body_end = raw[:close].rstrip()
+    separator = b',' if not body_end.endswith(b'{') else b''
+    return body_end + separator + b'"' + key.encode() + b'": ' + value + raw[len(body_end) :]
