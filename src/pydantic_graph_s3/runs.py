@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,8 +40,25 @@ from pydantic_s3_cas import (
     shared_client,
 )
 
-from .persistence import S3StatePersistence, decode_snapshot_list, logger, run_object_key, validate_run_id
-from .time_travel import CopyOf, copy_of
+from .persistence import (
+    S3StatePersistence,
+    decode_snapshot_list,
+    graph_types,
+    logger,
+    run_object_key,
+    validate_run_id,
+)
+from .time_travel import (
+    KEEP_STATE,
+    CopyOf,
+    Version,
+    copy_of,
+    create_fork,
+    fork_head,
+    rollback,
+    update_waiting_state,
+    validated_state,
+)
 from .usage import HeadFacts, UsageStats, UsageTally, read_head
 
 if TYPE_CHECKING:
@@ -296,6 +314,74 @@ class RunStore:
         except ObjectNotFoundError:
             return PruneOutcome(run, False, 'already deleted')
         return PruneOutcome(run, True, 'deleted')
+
+    async def fork_run(
+        self, run_id: str, *, at: str, new_run_id: str, graph: Graph[Any, Any, Any], state: Any = None
+    ) -> str:
+        """Create run `new_run_id` from run `run_id`'s history before snapshot `at`, then a `created` copy of `at`
+        (its state replaced by `state` when given); any worker can then advance it. Returns the copy's id.
+
+        `state` is validated against the graph's state type before anything is written (`StateValidationError`).
+        The write is create-only: an existing `new_run_id` is refused (`ObjectExistsError`), even one created
+        while this call ran. The source run is only read, never written.
+        """
+        validate_run_id(new_run_id)
+        replacement = KEEP_STATE if state is None else validated_state(graph, state)
+        head, elements = await self.persistence(run_id, graph).load_elements()
+        if not head.snapshots:
+            raise ObjectNotFoundError(self.bucket, run_object_key(self.prefix, run_id))
+        fork, copy_id = fork_head(elements, source_run_id=run_id, at=at, state=replacement, now=datetime.now(tz=UTC))
+        graph_types(graph).snapshots(fork.snapshots[-1:])  # the copy decodes as this graph's, before it is written
+        target = self.persistence(new_run_id, graph)
+        return await target.apply(lambda ctx: partial(create_fork, ctx, self.bucket, fork, copy_id))
+
+    async def rollback_run(
+        self,
+        run_id: str,
+        *,
+        to: str,
+        graph: Graph[Any, Any, Any],
+        state: Any = None,
+        etag: str | None = None,
+        stale_after: timedelta = timedelta(minutes=15),
+    ) -> str:
+        """Make the run continue from snapshot `to` again: a `created` copy of it is appended, in one write.
+
+        History stays append-only: snapshots that were waiting, or claimed longer ago than `stale_after`, are
+        marked `error` with a revoked claim saying why (a worker still holding one is fenced), and nothing is
+        deleted. Refused (`RunBusyError`) while a step is claimed under a live claim, or when the run has ended
+        (fork it instead). With `etag`, only if the run is still that version (`ObjectChangedError`). Returns
+        the copy's snapshot id.
+        """
+        replacement = KEEP_STATE if state is None else validated_state(graph, state)
+        expected = await self._version(run_id, etag, 'the rollback')
+        return await self.persistence(run_id, graph).apply(
+            lambda ctx: partial(rollback, ctx, run_id, self.bucket, to, replacement, stale_after, expected)
+        )
+
+    async def update_state(
+        self, run_id: str, state: Any, *, graph: Graph[Any, Any, Any], etag: str | None = None
+    ) -> str:
+        """Correct the state of the run's waiting (`created`) snapshot before a worker claims it, in one write.
+
+        `state` is validated against the graph first. Refused (`RunBusyError`) once the step is claimed; with
+        `etag`, only if the run is still that version. Returns the snapshot's id.
+        """
+        replacement = validated_state(graph, state)
+        expected = await self._version(run_id, etag, 'the state update')
+        return await self.persistence(run_id, graph).apply(
+            lambda ctx: partial(update_waiting_state, ctx, run_id, self.bucket, replacement, expected)
+        )
+
+    async def _version(self, run_id: str, etag: str | None, operation: str) -> Version | None:
+        """The head's version when it still has `etag` (`None` when no etag is given)."""
+        if etag is None:
+            return None
+        key = run_object_key(self.prefix, run_id)
+        body, current = await self._read(key)
+        if current != etag:
+            raise ObjectChangedError(self.bucket, key, etag, operation)
+        return Version(etag, body)
 
     async def stats(self, *, stuck_after: timedelta = timedelta(minutes=15), now: datetime | None = None) -> UsageStats:
         """A usage summary of every run under the prefix: runs by status, objects and bytes, snapshots per run.
