@@ -16,6 +16,7 @@ from pydantic_graph.persistence import EndSnapshot, NodeSnapshot
 from pydantic_graph_s3 import ObjectChangedError, ObjectExistsError, ObjectNotFoundError, RunStore
 from pydantic_graph_s3.cli import ExitCode
 from pydantic_graph_s3.examples.count_down import CountDown, CountDownState, count_down_graph
+from pydantic_graph_s3.insight import END, run_path
 from pydantic_graph_s3.persistence import ClaimLostError, S3StatePersistence
 from pydantic_graph_s3.time_travel import (
     RunBusyError,
@@ -190,6 +191,11 @@ async def test_rollback_continues_a_failed_run_from_a_good_snapshot(s3: S3Bucket
     assert [row.status for row in history.snapshots] == ['success', 'success', 'error', 'success', 'success', 'end']
     assert history.snapshots[3].id == copy_id
     assert history.snapshots[3].copy_of is not None and history.snapshots[3].copy_of.snapshot_id == good.id
+
+    # The picture: Step -> Break was taken once and failed; the rollback is no edge, and the run is not failing now.
+    path = run_path(history, stuck_after=timedelta(minutes=15))
+    assert path.failed == {} and path.rolled_back == ((copy_id, good.id),)
+    assert path.edges == {(END, 'Step'): 1, ('Step', 'Step'): 2, ('Step', 'Break'): 1, ('Step', END): 1}
 
     shown = await cli(s3, 'runs', 'show', 'failed')
     assert shown.code == 0, shown.stderr

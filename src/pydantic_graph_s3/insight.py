@@ -40,7 +40,7 @@ class RunPath:
     visited: tuple[str, ...] = ()
     """The nodes the run has snapshots of, in the order first seen."""
     failed: dict[str, str] = field(default_factory=dict)
-    """Nodes whose last snapshot failed (`error`), with that snapshot's id."""
+    """Nodes whose last snapshot failed (`error`), with that snapshot's id; since the last rollback, if any."""
     stuck: dict[str, str] = field(default_factory=dict)
     """Nodes whose last snapshot has been claimed (`pending`/`running`) for longer than `stuck_after`."""
     rolled_back: tuple[tuple[str, str], ...] = ()
@@ -62,10 +62,14 @@ def run_path(history: RunHistory, *, now: datetime | None = None, stuck_after: t
         rolled_back = successor.copy_of is not None and successor.copy_of.reason == 'rollback'
         if row.node is not None and row.status == 'success' and not rolled_back:
             edges[(row.node, successor.node or END)] += 1
-    latest: dict[str, SnapshotRow] = {row.node: row for row in rows if row.node is not None}
+    # Failed and stuck are said of the run's current course: what a rollback left behind is not failing now.
+    since = max(
+        (i for i, row in enumerate(rows) if row.copy_of is not None and row.copy_of.reason == 'rollback'), default=0
+    )
+    latest: dict[str, SnapshotRow] = {row.node: row for row in rows[since:] if row.node is not None}
     return RunPath(
         edges=edges,
-        visited=tuple(latest),
+        visited=tuple(dict.fromkeys(row.node for row in rows if row.node is not None)),
         failed={node: row.id for node, row in latest.items() if row.status == 'error'},
         stuck={node: row.id for node, row in latest.items() if _is_stuck(row, now, stuck_after)},
         rolled_back=tuple(

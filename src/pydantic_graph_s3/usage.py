@@ -1,8 +1,9 @@
 """The usage summary of the runs under one prefix (`RunStore.stats`), from one listing pass and the runs' heads.
 
 A run is read as little as possible: its objects' count and bytes come from the listing alone, and only its head
-(the object `{prefix}{run_id}.json`, the one a worker writes) is read, parsed as plain JSON and never validated
-against a graph: the number of snapshots and the last one's status, claim and times are all the summary needs.
+(the object `{prefix}{run_id}.json`, the one a worker writes) is read, split into its snapshots and never
+validated against a graph: the number of snapshots and the last one's status, claim and times are all the
+summary needs.
 Objects whose key holds a `~` (`{prefix}{run_id}~...`) belong to the run named before the `~`: they add to that
 run's objects and bytes, and are never counted as runs.
 """
@@ -13,9 +14,11 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Literal
 
 import pydantic_core
+
+from .layout import Element, decode_head
 
 __all__ = ('RunStatus', 'Distribution', 'RunAge', 'UsageStats', 'HeadFacts', 'read_head', 'UsageTally')
 
@@ -98,54 +101,42 @@ class HeadFacts:
 
 
 def read_head(body: bytes, last_written: datetime, *, now: datetime, stuck_after: timedelta) -> HeadFacts:
-    """The snapshot count and status of a head: a snapshot list, or an object holding one under `snapshots`.
-
-    An object head (a run whose earlier snapshots are kept in other objects) counts them in `sealed_snapshots`.
-    Anything else is `unreadable`, with 0 snapshots.
-    """
+    """The snapshot count and status of a run from its head alone (see `layout`): the head counts the snapshots
+    sealed in other objects, and its last snapshot is always its own. A head that does not decode is
+    `unreadable`, with 0 snapshots."""
     try:
-        parsed = pydantic_core.from_json(body)
+        head = decode_head(body)
     except ValueError:
         return HeadFacts(0, 'unreadable')
-    earlier = 0
-    if isinstance(parsed, dict):
-        earlier = parsed.get('sealed_snapshots', 0)
-        parsed = parsed.get('snapshots')
-        if not isinstance(earlier, int) or earlier < 0:
-            return HeadFacts(0, 'unreadable')
-    if not isinstance(parsed, list) or not all(isinstance(item, dict) for item in parsed):
-        return HeadFacts(0, 'unreadable')
-    if not parsed:
-        return HeadFacts(earlier, 'waiting' if earlier == 0 else 'unreadable')
-    return HeadFacts(earlier + len(parsed), _status_of(parsed[-1], last_written, now, stuck_after))
+    if not head.snapshots:
+        return HeadFacts(0, 'waiting')
+    return HeadFacts(head.total_snapshots, _status_of(head.snapshots[-1], last_written, now, stuck_after))
 
 
-def _status_of(last: dict[str, Any], last_written: datetime, now: datetime, stuck_after: timedelta) -> RunStatus:
-    if last.get('kind') == 'end':
+def _status_of(last: Element, last_written: datetime, now: datetime, stuck_after: timedelta) -> RunStatus:
+    if last.kind == 'end':
         return 'ended'
-    status = last.get('status')
-    if last.get('kind') != 'node' or status not in ('created', 'pending', 'running', 'success', 'error'):
-        return 'unreadable'
-    if status == 'error':
+    if last.status == 'error':
         return 'failed'
-    if status == 'created':
+    if last.status == 'created':
         return 'waiting'
     return 'stuck' if now - _claimed_at(last, last_written) > stuck_after else 'active'
 
 
-def _claimed_at(snapshot: dict[str, Any], last_written: datetime) -> datetime:
+def _claimed_at(snapshot: Element, last_written: datetime) -> datetime:
     """When the snapshot's worker took it: its claim's time, else its start, else the head's last write.
 
     A claim without `reclaim_after` has no time of its own; the head's last write is no earlier than the claim.
     """
-    claim = snapshot.get('claim')
-    for candidate in (claim.get('claimed_at') if isinstance(claim, dict) else None, snapshot.get('start_ts')):
-        if isinstance(candidate, str):
-            try:
-                parsed = datetime.fromisoformat(candidate)
-            except ValueError:
-                continue
-            return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+    if snapshot.claim is not None:
+        return snapshot.claim.claimed_at
+    start = pydantic_core.from_json(snapshot.raw).get('start_ts')
+    if isinstance(start, str):
+        try:
+            parsed = datetime.fromisoformat(start)
+        except ValueError:
+            return last_written
+        return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
     return last_written
 
 
