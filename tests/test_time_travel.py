@@ -59,6 +59,13 @@ async def step(persistence: S3StatePersistence[Any, Any]) -> bool:
         return not isinstance(await run.next(), CountDown)
 
 
+async def advance(s3: S3Bucket, run_id: str) -> None:
+    """A worker (with claims) advancing the run step by step to its end, as fast as it can."""
+    source = worker(s3, run_id, reclaim_after=timedelta(hours=1))
+    while not await step(source):
+        pass
+
+
 async def test_fork_copies_the_history_and_leaves_the_source_byte_for_byte(s3: S3Bucket) -> None:
     await count_down_graph.run(CountDown(), state=CountDownState(3), persistence=s3.persistence('source'))
     before = await s3.get('runs/source.json')
@@ -142,17 +149,12 @@ async def test_fork_while_a_worker_advances_the_source(s3: S3Bucket) -> None:
     first = (await store(s3).history('busy')).snapshots[0].id
     forks: list[str] = []
 
-    async def advance() -> None:
-        source = worker(s3, 'busy', reclaim_after=timedelta(hours=1))
-        while not await step(source):
-            pass
-
     async def fork_repeatedly() -> None:
         for index in range(4):
             forks.append(await store(s3).fork_run('busy', at=first, new_run_id=f'f{index}', graph=count_down_graph))
 
     async with anyio.create_task_group() as group:
-        group.start_soon(advance)
+        group.start_soon(advance, s3, 'busy')
         group.start_soon(fork_repeatedly)
 
     source = await worker(s3, 'busy').load_all()
@@ -256,11 +258,6 @@ async def test_rollback_racing_a_worker_never_forks_or_loses_the_run(s3: S3Bucke
     first = (await store(s3).history('race')).snapshots[0].id
     outcomes: list[str] = []
 
-    async def advance() -> None:
-        source = worker(s3, 'race', reclaim_after=timedelta(hours=1))
-        while not await step(source):
-            pass
-
     async def roll_back_once() -> None:
         for _ in range(40):
             try:
@@ -272,7 +269,7 @@ async def test_rollback_racing_a_worker_never_forks_or_loses_the_run(s3: S3Bucke
                     return
 
     async with anyio.create_task_group() as group:
-        group.start_soon(advance)
+        group.start_soon(advance, s3, 'race')
         group.start_soon(roll_back_once)
 
     # Whatever the interleaving, the run is whole, and ends: from the start again if the rollback landed.

@@ -196,15 +196,7 @@ class RunStore:
         With `decode`, each run is also read (one GET, `read_concurrency` at once) to count its snapshots and
         tell its last status; a run that does not decode is still yielded, with `problem` saying why.
         """
-        async for page in list_objects(
-            self._client,
-            self.bucket,
-            self.prefix,
-            retry=self.retry,
-            stats=self.request_stats,
-            page_size=self.page_size,
-            logger=logger,
-        ):
+        async for page in self._pages():
             infos = [(run_id, info) for info in page if (run_id := self._run_id_of(info.key)) is not None]
             if not decode:
                 for run_id, info in infos:
@@ -412,15 +404,7 @@ class RunStore:
             )
 
         async with anyio.create_task_group() as group:
-            async for page in list_objects(
-                self._client,
-                self.bucket,
-                self.prefix,
-                retry=self.retry,
-                stats=self.request_stats,
-                page_size=self.page_size,
-                logger=logger,
-            ):
+            async for page in self._pages():
                 for info in page:
                     if (run_id := self._run_id_of(info.key)) is not None:
                         tally.add_object(run_id, info.size)
@@ -428,6 +412,18 @@ class RunStore:
                     elif (owner := self._owner_of(info.key)) is not None:
                         tally.add_object(owner, info.size)
         return tally.result(self.request_stats.requests - requests_before)
+
+    def _pages(self) -> AsyncIterator[list[ObjectInfo]]:
+        """Every object under the prefix, a listing page at a time."""
+        return list_objects(
+            self._client,
+            self.bucket,
+            self.prefix,
+            retry=self.retry,
+            stats=self.request_stats,
+            page_size=self.page_size,
+            logger=logger,
+        )
 
     def _owner_of(self, key: str) -> str | None:
         """The run whose history object `{prefix}{run_id}~...` is (`None` for any other key)."""
