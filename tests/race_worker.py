@@ -29,6 +29,8 @@ LOG_PATH = os.environ.get('RACE_LOG', '')
 @dataclass
 class RaceState:
     counter: int
+    pad: str = ''
+    """Bytes carried by every snapshot: with a few KB, the racing workers also race to seal segments."""
 
 
 @dataclass

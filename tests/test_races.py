@@ -15,6 +15,7 @@ from pydantic_graph.persistence import EndSnapshot, NodeSnapshot
 
 from pydantic_graph_s3 import S3StatePersistence
 from pydantic_graph_s3.examples.count_down import CountDown, CountDownState, count_down_graph
+from pydantic_graph_s3.layout import decode_head
 
 from .conftest import S3Bucket, new_session
 from .race_worker import RaceState, Step, race_graph
@@ -85,10 +86,13 @@ async def test_concurrent_record_run_starts_once(s3: S3Bucket) -> None:
 
 
 @pytest.mark.timeout(240)
-async def test_worker_processes_racing_on_one_run_execute_each_node_once(s3: S3Bucket, tmp_path: Path) -> None:
+@pytest.mark.parametrize('pad', [0, 3000], ids=['small-state', 'sealing'])
+async def test_worker_processes_racing_on_one_run_execute_each_node_once(
+    s3: S3Bucket, tmp_path: Path, pad: int
+) -> None:
     steps, workers = 15, 4
     persistence = s3.persistence('process-race', prefix='')
-    await race_graph.initialize(Step(), state=RaceState(steps), persistence=persistence)
+    await race_graph.initialize(Step(), state=RaceState(steps, 'x' * pad), persistence=persistence)
     log = tmp_path / 'executions.log'
 
     def run_workers() -> list[int]:
@@ -117,3 +121,9 @@ async def test_worker_processes_racing_on_one_run_execute_each_node_once(s3: S3B
     assert [s.status for s in history if isinstance(s, NodeSnapshot)] == ['success'] * (steps + 1)
     assert isinstance(history[-1], EndSnapshot) and len(history) == steps + 2
     assert len({p for line in log.read_text().splitlines() for p in line.split()[1:]}) > 1, 'no race happened'
+    if pad:
+        # The racing sealers agreed on every segment, and left none that the head does not count.
+        head = decode_head((await s3.get('process-race.json'))[0])
+        listed = await s3.raw.list_objects_v2(Bucket=s3.bucket, Prefix='process-race~')
+        assert head.sealed_segments >= 3
+        assert len(listed.get('Contents', [])) == head.sealed_segments

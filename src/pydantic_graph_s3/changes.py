@@ -11,7 +11,7 @@ part of an ordinary write and never a write of its own.
 
 from __future__ import annotations as _annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cached_property
@@ -46,7 +46,7 @@ class SnapshotTypes:
     def snapshot(self, element: Element) -> Snapshot[Any, Any]:
         return self.snapshots([element])[0]
 
-    def snapshots(self, elements: list[Element] | tuple[Element, ...]) -> list[Snapshot[Any, Any]]:
+    def snapshots(self, elements: Sequence[Element]) -> list[Snapshot[Any, Any]]:
         """Elements validated with the graph's types (unknown keys are ignored). Raises `ValueError`."""
         try:
             return self.adapter.validate_json(render_list(e.raw for e in elements))
@@ -57,7 +57,7 @@ class SnapshotTypes:
         except (TypeError, AttributeError, KeyError) as e:  # a node that is not an object trips the discriminator
             raise ValueError(f'not a snapshot list: {type(e).__name__}') from None
 
-    def check_nodes(self, elements: tuple[Element, ...] | list[Element], first_index: int = 0) -> None:
+    def check_nodes(self, elements: Sequence[Element], first_index: int = 0) -> None:
         # pydantic-graph only discriminates on node_id when a graph has several node types: with one, any node_id
         # validates, and another graph's run would be taken for ours and overwritten.
         for index, element in enumerate(elements, first_index):
@@ -124,9 +124,10 @@ class RunContext:
     sealed: Sealed
     clock: Callable[[], datetime]
 
-    def commit(self, head: RunHead, result: R) -> Change[RunHead, R]:
-        """Write `head`, sealing what is due: the segments are created before the head that counts them."""
-        sealed_head, segments = seal(head)
+    def commit(self, read: RunHead, head: RunHead, result: R) -> Change[RunHead, R]:
+        """Write `head` (made from the stored version `read`), sealing what is due: the segments are created
+        before the head that counts them, and hold only snapshots `read` already had finished."""
+        sealed_head, segments = seal(head, frozenset(e.id for e in read.snapshots if e.finished))
         assert sealed_head.segment_id is not None or not segments
         creates = [(segment_key(self.key, sealed_head.segment_id or '', s.seq), s.body) for s in segments]
         return Change(sealed_head, result, creates)
@@ -183,14 +184,14 @@ def append_if_new(ctx: RunContext, element: Element, search_sealed: bool, head: 
     if found is not None:
         return Change(None, None)
     _refuse_after_end(head)
-    return ctx.commit(head.appended(element), None)
+    return ctx.commit(head, head.appended(element), None)
 
 
 def create_if_empty(ctx: RunContext, element: Element, head: RunHead) -> Change[RunHead, RunHead | None]:
     """Create the run with its first snapshot; when it exists already, write nothing and return its head."""
     if head.snapshots:
         return Change(None, head)
-    return ctx.commit(head.appended(element), None)
+    return ctx.commit(head, head.appended(element), None)
 
 
 def claim_next_created(ctx: RunContext, head: RunHead) -> Change[RunHead, NodeSnapshot[Any, Any] | None]:
@@ -198,14 +199,14 @@ def claim_next_created(ctx: RunContext, head: RunHead) -> Change[RunHead, NodeSn
     for index, element in enumerate(head.snapshots):
         if element.kind == 'node' and element.status == 'created':
             claimed = element.patched(status='pending')
-            return ctx.commit(head.with_element(index, claimed), _node(ctx, claimed))
+            return ctx.commit(head, head.with_element(index, claimed), _node(ctx, claimed))
     return Change(None, None)
 
 
 def start_run(ctx: RunContext, snapshot_id: str, start_ts: datetime, head: RunHead) -> Change[RunHead, None]:
     index, element = ctx.node(head, snapshot_id)
     GraphNodeStatusError.check(element.status)  # type: ignore[arg-type]
-    return ctx.commit(head.with_element(index, element.patched(status='running', start_ts=start_ts)), None)
+    return ctx.commit(head, head.with_element(index, element.patched(status='running', start_ts=start_ts)), None)
 
 
 def finish_run(
@@ -215,7 +216,7 @@ def finish_run(
     index, element = ctx.node(head, snapshot_id)
     if element.status == status:
         return Change(None, None)  # an earlier attempt's write landed unseen
-    return ctx.commit(head.with_element(index, element.patched(status=status, duration=duration)), None)
+    return ctx.commit(head, head.with_element(index, element.patched(status=status, duration=duration)), None)
 
 
 def append_successor(ctx: RunContext, finished: Finished, successor: Element, head: RunHead) -> Change[RunHead, None]:
@@ -228,7 +229,7 @@ def append_successor(ctx: RunContext, finished: Finished, successor: Element, he
         index, element = check_fence(ctx, head, finished.snapshot_id, finished.token)
     _refuse_after_end(head)
     succeeded = element.patched(status='success', duration=finished.duration)
-    return ctx.commit(head.with_element(index, succeeded).appended(successor), None)
+    return ctx.commit(head, head.with_element(index, succeeded).appended(successor), None)
 
 
 # With reclaim_after: claims and fencing. A claim is current when the snapshot's claim has the caller's token.
@@ -260,7 +261,7 @@ def claim_next(
             released = element.claim  # by `recover`, which keeps the count
             attempt = 1 if released is None else released.attempt + 1
             claimed = element.patched(status='pending', claim=Claim(token, now, attempt))
-            return ctx.commit(head.with_element(index, claimed), _node(ctx, claimed))
+            return ctx.commit(head, head.with_element(index, claimed), _node(ctx, claimed))
     for index, element in nodes:
         claim = element.claim
         # Claims without a token (made by a worker without reclaim_after) cannot be fenced, so are never taken.
@@ -272,22 +273,22 @@ def claim_next(
                 f'{reclaim_after.total_seconds():g}s), max_attempts={max_attempts} reached'
             )
             failed = element.patched(status='error', claim=Claim(claim.token, claim.claimed_at, claim.attempt, reason))
-            return ctx.commit(head.with_element(index, failed), None)
+            return ctx.commit(head, head.with_element(index, failed), None)
         reclaimed = element.patched(status='pending', start_ts=None, claim=Claim(token, now, claim.attempt + 1))
-        return ctx.commit(head.with_element(index, reclaimed), _node(ctx, reclaimed))
+        return ctx.commit(head, head.with_element(index, reclaimed), _node(ctx, reclaimed))
     return Change(None, None)
 
 
 def release_claims(ctx: RunContext, token: str, head: RunHead) -> Change[RunHead, list[str]]:
     """Every `pending` or `running` node snapshot back to `created`, under a claim token nobody holds."""
-    now = ctx.clock()
+    now, original = ctx.clock(), head
     released: list[str] = []
     for index, element in enumerate(head.snapshots):
         if element.kind == 'node' and element.status in ('pending', 'running'):
             revoked = Claim(token, now, attempt=0 if element.claim is None else element.claim.attempt)
             head = head.with_element(index, element.patched(status='created', start_ts=None, claim=revoked))
             released.append(element.id)
-    return ctx.commit(head, released) if released else Change(None, released)
+    return ctx.commit(original, head, released) if released else Change(None, released)
 
 
 def start_claimed_run(
@@ -300,7 +301,7 @@ def start_claimed_run(
         if element.status == 'running':
             return Change(None, None)  # an earlier attempt's start landed unseen
         GraphNodeStatusError.check(element.status)  # type: ignore[arg-type]
-        return ctx.commit(head.with_element(index, element.patched(status='running', start_ts=start_ts)), None)
+        return ctx.commit(head, head.with_element(index, element.patched(status='running', start_ts=start_ts)), None)
     if held is not None:
         raise Fenced(snapshot_id, taken_over(claim))
     GraphNodeStatusError.check(element.status)  # type: ignore[arg-type]
@@ -308,7 +309,7 @@ def start_claimed_run(
         raise Fenced(snapshot_id, f'it is claimed by another worker (attempt {claim.attempt})')
     attempt = 1 if claim is None else claim.attempt + 1
     started = element.patched(status='running', start_ts=start_ts, claim=Claim(token, ctx.clock(), attempt))
-    return ctx.commit(head.with_element(index, started), None)
+    return ctx.commit(head, head.with_element(index, started), None)
 
 
 def finish_claimed_run(
@@ -317,7 +318,7 @@ def finish_claimed_run(
     index, element = check_fence(ctx, head, snapshot_id, token)
     if element.status == status:
         return Change(None, None)  # an earlier attempt's write landed unseen
-    return ctx.commit(head.with_element(index, element.patched(status=status, duration=duration)), None)
+    return ctx.commit(head, head.with_element(index, element.patched(status=status, duration=duration)), None)
 
 
 def check_fence(ctx: RunContext, head: RunHead, snapshot_id: str, token: str) -> tuple[int, Element]:

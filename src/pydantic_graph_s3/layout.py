@@ -167,15 +167,20 @@ def segment_key(head_key: str, segment_id: str, seq: int) -> str:
     return f'{segment_group_prefix(head_key)}{segment_id}~{seq:08d}.json'
 
 
-def seal(head: RunHead) -> tuple[RunHead, list[Segment]]:
+def seal(head: RunHead, final: frozenset[str] | None = None) -> tuple[RunHead, list[Segment]]:
     """Move finished history out of the head, `SEAL_THRESHOLD` bytes at a time; return the new head and segments.
 
-    Deterministic: it depends only on the head's elements, and finished elements never change, so every head
-    version with the same sealed count proposes the same bytes for the same segment. The head's last snapshot is
-    never sealed, so the tail always tells a run's current status.
+    `final` are the ids of the snapshots that were already finished in the stored version the change started
+    from (`None`: every finished one, for a head that is stored whole at once, as an import). Only those are
+    sealed: a snapshot finished by this very write may yet lose the compare-and-swap (a fenced worker's
+    success), and a segment made from it would be an orphan holding bytes that never became history.
+
+    So a segment holds only snapshots that some stored head already had finished, and finished snapshots never
+    change: every head version with the same sealed count proposes the same bytes for the same segment. The
+    head's last snapshot is never sealed, so the tail always tells a run's current status.
     """
     segments: list[Segment] = []
-    while (cut := _seal_cut(head.snapshots)) is not None:
+    while (cut := _seal_cut(head.snapshots, final)) is not None:
         sealed, rest = head.snapshots[:cut], head.snapshots[cut:]
         segment_id = head.segment_id or segment_id_for(head.snapshots[0].id)
         seq = head.sealed_segments + 1
@@ -184,10 +189,10 @@ def seal(head: RunHead) -> tuple[RunHead, list[Segment]]:
     return head, segments
 
 
-def _seal_cut(snapshots: Sequence[Element]) -> int | None:
+def _seal_cut(snapshots: Sequence[Element], final: frozenset[str] | None) -> int | None:
     total = 0
     for index, element in enumerate(snapshots[:-1]):
-        if not element.finished:
+        if not element.finished or (final is not None and element.id not in final):
             return None
         total += len(element.raw)
         if total >= SEAL_THRESHOLD:
@@ -246,7 +251,7 @@ def decode_head(body: bytes) -> RunHead:
     return _checked(RunHead(tuple(snapshots), segment_id, segments, sealed))
 
 
-def decode_segment(body: bytes, expected_snapshots: int | None = None) -> list[Element]:
+def decode_segment(body: bytes) -> list[Element]:
     """The finished snapshots of one segment. Raises `ValueError` on a list that cannot be a segment."""
     elements = split_list(body)
     if not elements or any(not e.finished for e in elements):

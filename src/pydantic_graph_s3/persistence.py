@@ -20,7 +20,7 @@ import functools
 import logging
 import re
 import uuid
-from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -305,6 +305,14 @@ class S3StatePersistence(BaseStatePersistence[StateT, RunEndT]):
             await self._flush_finished()
             return await self._load_record()
 
+    async def load_tail(self) -> RunRecord:
+        """The run's live tail (the snapshots still in its head, always including the last one) with their claims,
+        from one read of the head: what a status check needs, at the same cost at step 10 and step 100,000."""
+        with self._traced('load_tail'):
+            await self._flush_finished()
+            head = await self._cas().load()
+            return self._record(head.snapshots, head.sealed_snapshots)
+
     async def recover(self) -> list[str]:
         """Make a run whose worker died mid-step runnable again now, without waiting for `reclaim_after`.
 
@@ -435,15 +443,16 @@ class S3StatePersistence(BaseStatePersistence[StateT, RunEndT]):
 
     async def _history(self, head: RunHead) -> RunRecord:
         await self._read_sealed(head)
-        elements = [*self._sealed.elements[: head.sealed_snapshots], *head.snapshots]
+        return self._record([*self._sealed.elements[: head.sealed_snapshots], *head.snapshots])
+
+    def _record(self, elements: Sequence[Element], first_index: int = 0) -> RunRecord:
         types = self._types()
         try:
-            types.check_nodes(elements)
+            types.check_nodes(elements, first_index)
             snapshots = types.snapshots(elements)
         except ValueError as e:
             raise CorruptObjectError(self.bucket, self.key, str(e).splitlines()[0]) from e
-        claims = {e.id: e.claim for e in elements if e.claim is not None}
-        return RunRecord(snapshots, claims)
+        return RunRecord(snapshots, {e.id: e.claim for e in elements if e.claim is not None})
 
     async def _read_sealed(self, head: RunHead) -> None:
         """Extend `_sealed` to every segment `head` counts, checking that they add up to what it says."""

@@ -40,6 +40,15 @@ from pydantic_s3_cas import (
     shared_client,
 )
 
+from .layout import (
+    decode_head,
+    decode_segment,
+    encode_head,
+    render_list,
+    seal,
+    segment_group_prefix,
+    segment_key,
+)
 from .persistence import (
     S3StatePersistence,
     decode_snapshot_list,
@@ -223,7 +232,8 @@ class RunStore:
         Raises `ObjectNotFoundError` for an unknown run and `CorruptObjectError` for one that does not decode.
         """
         key = run_object_key(self.prefix, run_id)
-        body, etag = await self._read(key)
+        head_body, etag = await self._read(key)
+        body = await self._assemble(key, head_body)
         try:
             rows = _raw_rows(body)
             if graph is not None:
@@ -242,15 +252,40 @@ class RunStore:
         key = run_object_key(self.prefix, run_id)
         if not await self._object(key).delete(etag):
             raise ObjectNotFoundError(self.bucket, key)
+        await self._sweep_segments(key)
+
+    async def _sweep_segments(self, key: str) -> None:
+        """Delete the segments under a run's key that its current head does not count: all of them once the head
+        is gone, and orphans of an earlier run of the same id (another segment id) when it was created again."""
+        current: str | None = None
+        body, _ = await self._object(key).load_versioned()
+        if body is not None:
+            try:
+                current = decode_head(body).segment_id
+            except ValueError:
+                return  # not ours to judge: leave everything as it is
+        async for page in list_objects(
+            self._client,
+            self.bucket,
+            segment_group_prefix(key),
+            retry=self.retry,
+            stats=self.request_stats,
+            logger=logger,
+        ):
+            for info in page:
+                if current is None or not info.key.startswith(f'{segment_group_prefix(key)}{current}~'):
+                    await self._object(info.key).delete(info.etag)
 
     async def export_run(self, run_id: str, path: str | os.PathLike[str], *, overwrite: bool = False) -> RunSummary:
-        """Write the run to `path` as the file `FileStatePersistence(path)` reads (the stored bytes, unchanged).
+        """Write the run to `path` as the file `FileStatePersistence(path)` reads: the stored bytes of every
+        snapshot, segments and head, assembled into one list (a run never sealed: its object, unchanged).
 
         Refuses (`FileExistsError`) to replace an existing file unless `overwrite`; the file appears whole or
         not at all.
         """
         summary = await self.get_run(run_id)
-        body, _ = await self._read(summary.key)
+        head_body, _ = await self._read(summary.key)
+        body = await self._assemble(summary.key, head_body)
         await anyio.to_thread.run_sync(_write_file, Path(path), body, overwrite)
         return summary
 
@@ -260,22 +295,29 @@ class RunStore:
         """Store a `FileStatePersistence` file as run `run_id`, never overwriting an existing run.
 
         The file must be a snapshot list (of `graph`, when given). Raises `ObjectExistsError` when the run
-        exists, even if it was created while this call ran (the write is `IfNoneMatch='*'`).
+        exists, even if it was created while this call ran (the write is `IfNoneMatch='*'`). A file with more
+        finished history than a head keeps is stored segmented at once: its segments first, then the head.
         """
         key = run_object_key(self.prefix, run_id)
         body = await anyio.Path(path).read_bytes()
         try:
+            head = decode_head(body)
+            if head.segmented:
+                raise ValueError('a segmented run head, not a snapshot list')
             if graph is None:
                 _raw_rows(body)
             else:
                 decode_snapshot_list(body, graph)
         except ValueError as e:
             raise ValueError(f'{path} is not a pydantic-graph snapshot list: {str(e).splitlines()[0]}') from e
+        sealed_head, segments = seal(head)
+        stored = body if not segments else encode_head(sealed_head)
+        creates = [(segment_key(key, sealed_head.segment_id or '', s.seq), s.body) for s in segments]
 
         def create(current: bytes | None) -> Change[bytes | None, None]:
             if current is not None:
                 raise ObjectExistsError(self.bucket, key)
-            return Change(body, None)
+            return Change(stored, None, creates)
 
         await self._object(key).update(create)
         return await self.get_run(run_id)
@@ -288,6 +330,8 @@ class RunStore:
         """
         if ended_before.tzinfo is None:
             raise ValueError('ended_before must be timezone-aware (e.g. datetime(..., tzinfo=UTC))')
+        if not dry_run:
+            await self._sweep_orphan_segments(ended_before)
         async for run in self.list_runs(decode=True):
             if not run.ended:
                 yield PruneOutcome(run, False, run.problem or f'not ended (last status: {run.last_status})')
@@ -297,6 +341,49 @@ class RunStore:
                 yield PruneOutcome(run, False, 'would delete (dry run)')
             else:
                 yield await self._prune_one(run)
+
+    async def _sweep_orphan_segments(self, written_before: datetime) -> None:
+        """Delete segments whose run has no head (a crashed import, or a delete cut short), written before the
+        cutoff: an import in progress creates its segments just before its head."""
+        heads: set[str] = set()
+        orphans: list[ObjectInfo] = []
+        async for page in list_objects(
+            self._client, self.bucket, self.prefix, retry=self.retry, stats=self.request_stats, logger=logger
+        ):
+            for info in page:
+                name = info.key[len(self.prefix) :]
+                if '/' in name:
+                    continue
+                if '~' in name:
+                    orphans.append(info)
+                elif name.endswith('.json'):
+                    heads.add(name.removesuffix('.json'))
+        for info in orphans:
+            run_id = info.key[len(self.prefix) :].split('~', 1)[0]
+            if run_id not in heads and info.last_modified < written_before:
+                await self._object(info.key).delete(info.etag)
+
+    async def _assemble(self, key: str, head_body: bytes) -> bytes:
+        """The run's whole snapshot list as one File-format list: the head itself while it was never sealed."""
+        try:
+            head = decode_head(head_body)
+        except ValueError as e:
+            raise CorruptObjectError(self.bucket, key, str(e).splitlines()[0]) from e
+        if not head.segmented:
+            return head_body
+        raws: list[bytes] = []
+        for seq in range(1, head.sealed_segments + 1):
+            segment = segment_key(key, head.segment_id or '', seq)
+            body, _ = await self._read(segment)
+            try:
+                raws.extend(e.raw for e in decode_segment(body))
+            except ValueError as e:
+                raise CorruptObjectError(self.bucket, segment, str(e).splitlines()[0]) from e
+        if len(raws) != head.sealed_snapshots:
+            raise CorruptObjectError(
+                self.bucket, key, f'its segments hold {len(raws)} snapshot(s), the head counts {head.sealed_snapshots}'
+            )
+        return render_list([*raws, *(e.raw for e in head.snapshots)])
 
     async def _prune_one(self, run: RunSummary) -> PruneOutcome:
         try:
@@ -466,17 +553,17 @@ class RunStore:
         except ObjectTooLargeError as e:
             return RunSummary(run_id, info.key, info.size, info.last_modified, info.etag, problem=str(e))
         try:
-            rows = _raw_rows(body)
+            head = decode_head(body)
         except ValueError as e:
             return RunSummary(run_id, info.key, len(body), info.last_modified, etag, problem=str(e))
-        last = rows[-1] if rows else None
+        last = head.snapshots[-1] if head.snapshots else None
         return RunSummary(
             run_id,
             info.key,
             len(body),
             info.last_modified,
             etag,
-            snapshots=len(rows),
+            snapshots=head.total_snapshots,
             last_status=None if last is None else last.status,
             ended=last is not None and last.kind == 'end',
         )

@@ -172,7 +172,8 @@ def create_fork(ctx: RunContext, bucket: str, fork: RunHead, result: str, head: 
     """Create the fork's head (and segments), only where no run exists: a fork never overwrites a run."""
     if head.snapshots:
         raise ObjectExistsError(bucket, ctx.key)
-    return ctx.commit(fork, result)
+    # The history copied was finished in the source's version read, and never changes again: sealable as read.
+    return ctx.commit(fork, fork, result)
 
 
 def _check_head(head: RunHead, expected: Version | None, bucket: str, key: str, operation: str) -> None:
@@ -230,12 +231,13 @@ def rollback(
         raise SnapshotNotFoundError(run_id, to)
     _node_to_copy([element], run_id, to)
     copy = _copied(element, run_id=run_id, reason='rollback', state=state, now=now)
+    changed = head
     for index, superseded in enumerate(head.snapshots):
         if index in stale or (superseded.kind == 'node' and superseded.status == 'created'):
             attempt = 0 if superseded.claim is None else superseded.claim.attempt
             revoked = Claim(uuid.uuid4().hex, now, attempt, f'superseded by rollback to {to} (snapshot {copy.id})')
-            head = head.with_element(index, superseded.patched(status='error', claim=revoked))
-    return ctx.commit(head.appended(copy), copy.id)
+            changed = changed.with_element(index, superseded.patched(status='error', claim=revoked))
+    return ctx.commit(head, changed.appended(copy), copy.id)
 
 
 def update_waiting_state(
@@ -245,7 +247,7 @@ def update_waiting_state(
     _check_head(head, expected, bucket, ctx.key, 'the state update')
     for index, element in enumerate(head.snapshots):
         if element.kind == 'node' and element.status == 'created':
-            return ctx.commit(head.with_element(index, element.patched(state=state)), element.id)
+            return ctx.commit(head, head.with_element(index, element.patched(state=state)), element.id)
     last = head.snapshots[-1] if head.snapshots else None
     status = 'empty' if last is None else last.status
     raise RunBusyError(
