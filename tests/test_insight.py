@@ -268,6 +268,9 @@ async def test_stats_counts_runs_by_status_from_heads_only(s3: S3Bucket) -> None
     shown = await cli(s3, 'runs', 'stats', '--json')
     assert shown.code == 0, shown.stderr
     assert shown.json()['by_status'] == dict(summary.by_status)
+    table = await cli(s3, 'runs', 'stats')
+    assert table.code == 0, table.stderr
+    assert '6 runs (1 active, 1 waiting, 1 stuck, 1 failed, 1 ended, 1 unreadable)' in table.stdout
 
 
 async def _listing(s3: S3Bucket) -> dict[str, int]:
