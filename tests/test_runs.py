@@ -30,12 +30,12 @@ async def test_listing_follows_pages(s3: S3Bucket) -> None:
     runs = store(s3, page_size=2)
     listed = [run async for run in runs.list_runs(decode=False)]
     assert [run.run_id for run in listed] == [f'run-{index}' for index in range(5)]
-    assert (runs.stats.lists, runs.stats.gets) == (3, 0)
+    assert (runs.request_stats.lists, runs.request_stats.gets) == (3, 0)
     assert all(run.snapshots is None for run in listed)
 
     decoded = [run async for run in runs.list_runs()]
     assert [(run.snapshots, run.last_status, run.ended) for run in decoded] == [(1, 'created', False)] * 5
-    assert (runs.stats.lists, runs.stats.gets) == (6, 5)
+    assert (runs.request_stats.lists, runs.request_stats.gets) == (6, 5)
 
 
 async def test_persistence_is_the_runs_own(s3: S3Bucket) -> None:
@@ -92,4 +92,4 @@ async def test_prune_needs_an_aware_date_and_keeps_recent_runs(s3: S3Bucket) -> 
     assert [(o.run.run_id, o.deleted, o.reason) for o in recent] == [('ended', False, 'ended too recently')]
     pruned = [o async for o in runs.prune(ended_before=datetime.now(UTC) + timedelta(hours=1))]
     assert [(o.run.run_id, o.deleted) for o in pruned] == [('ended', True)]
-    assert runs.stats.deletes == 1
+    assert runs.request_stats.deletes == 1

@@ -11,8 +11,8 @@ import os
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
-from datetime import UTC, datetime
+from dataclasses import astuple, replace
+from datetime import UTC, datetime, timedelta
 from enum import IntEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
@@ -43,9 +43,11 @@ from pydantic_s3_cas import (
 )
 
 from .demo import DemoOptions, run_demo
+from .insight import run_html, run_mermaid, run_path
 from .packaging import Architecture, LambdaPackage, PackagingError, build_lambda_package
 from .persistence import UnfencedClaimError, recover_run
 from .runs import PruneOutcome, RunHistory, RunStore, RunSummary
+from .time_travel import RunBusyError, SnapshotNotFoundError
 
 __all__ = ('app', 'main', 'ExitCode')
 
@@ -91,6 +93,10 @@ GraphOption = Annotated[
     ),
 ]
 JsonOption = Annotated[bool, typer.Option('--json', help='Machine-readable JSON on stdout.')]
+StuckAfterOption = Annotated[
+    float,
+    typer.Option('--stuck-after', min=0.001, help='Seconds a claimed step may take before it counts as stuck.'),
+]
 RunIdArgument = Annotated[str, typer.Argument(help='The run id (its object is {prefix}{run_id}.json).')]
 
 
@@ -193,6 +199,14 @@ def show(
     prefix: PrefixOption = '',
     graph: GraphOption = None,
     as_json: JsonOption = False,
+    mermaid: Annotated[
+        bool, typer.Option('--mermaid', help="Print the graph's Mermaid state diagram with the run's path on it.")
+    ] = False,
+    html_file: Annotated[
+        Path | None,
+        typer.Option('--html', help='Write one self-contained HTML page: the diagram and the snapshot table.'),
+    ] = None,
+    stuck_after: StuckAfterOption = 900.0,
 ) -> None:
     """Show a run's snapshots: id, node, status, start and duration, and its result once ended."""
     store = _store(bucket, prefix)
@@ -200,6 +214,9 @@ def show(
     history = _run(lambda: store.history(run_id, decoded_with))
     if graph is not None:
         history = replace(history, decoded_with=graph)
+    if mermaid or html_file is not None:
+        _show_path(history, decoded_with, mermaid=mermaid, html_file=html_file, stuck_after=stuck_after)
+        return
     if as_json:
         _print_json(_history_json(history))
         return
@@ -211,6 +228,7 @@ def show(
         duration = '' if row.duration is None else f'{row.duration * 1000:.1f} ms'
         table.add_row(row.id, row.node or 'End', row.status, _time(row.start), duration)
     console.print(table)
+    _print_origins(history)
     if history.ended:
         console.print(f'result: {pydantic_core.to_json(history.result).decode()}')
     else:
@@ -331,6 +349,105 @@ def recover(
     console.print(f'recovered {run_id}: {result}')
 
 
+@runs_app.command('stats')
+def stats(
+    bucket: BucketOption, prefix: PrefixOption = '', stuck_after: StuckAfterOption = 900.0, as_json: JsonOption = False
+) -> None:
+    """Usage summary: runs by status, objects and bytes per run, snapshots per run, the oldest unfinished run."""
+    store = _store(bucket, prefix)
+    summary = _run(lambda: store.stats(stuck_after=timedelta(seconds=stuck_after)))
+    if as_json:
+        _print_json(summary)
+        return
+    by_status = ', '.join(f'{count} {status}' for status, count in summary.by_status.items())
+    console.print(f's3://{bucket}/{prefix}: {summary.runs} runs ({by_status})')
+    table = Table(title='per run')
+    for column in ('', 'total', 'p50', 'p90', 'p99', 'max'):
+        table.add_column(column, justify='right')
+    for name, spread in (('objects', summary.objects), ('bytes', summary.bytes), ('snapshots', summary.snapshots)):
+        table.add_row(name, *(str(value) for value in astuple(spread)))
+    console.print(table)
+    if summary.oldest_active is not None:
+        oldest = summary.oldest_active
+        console.print(
+            f'oldest unfinished run: {oldest.run_id} ({oldest.status}), last written {_time(oldest.last_written)}'
+        )
+    if summary.headless_objects:
+        console.print(
+            f'{summary.headless_objects} objects ({summary.headless_bytes} B) belong to runs whose head is gone'
+        )
+    console.print(f'{summary.requests} requests')
+
+
+StateFileOption = Annotated[
+    Path | None,
+    typer.Option(
+        '--state', exists=True, dir_okay=False, help="A JSON file: the state to start from, instead of the snapshot's."
+    ),
+]
+
+
+@runs_app.command('fork')
+def fork_run(
+    run_id: RunIdArgument,
+    at: Annotated[str, typer.Option('--at', help='The node snapshot to fork at (`runs show` lists the ids).')],
+    to: Annotated[str, typer.Option('--to', help='The new run id; an existing run is never overwritten.')],
+    bucket: BucketOption,
+    graph: GraphOption = None,
+    prefix: PrefixOption = '',
+    state: StateFileOption = None,
+) -> None:
+    """Create a new run from a run's history before a snapshot, then a waiting copy of it; the source is only read."""
+    store, loaded = _store(bucket, prefix), _required_graph(graph)
+    replacement = _read_state(state)
+    copy_id = _run_time_travel(lambda: store.fork_run(run_id, at=at, new_run_id=to, graph=loaded, state=replacement))
+    console.print(f'forked {run_id} at {at} as {to}: its next step is snapshot {copy_id}')
+
+
+@runs_app.command('rollback')
+def rollback_run(
+    run_id: RunIdArgument,
+    to: Annotated[str, typer.Option('--to', help='The node snapshot to continue from (`runs show` lists the ids).')],
+    bucket: BucketOption,
+    graph: GraphOption = None,
+    prefix: PrefixOption = '',
+    state: StateFileOption = None,
+    etag: Annotated[
+        str | None, typer.Option(help='Roll back only this version (an ETag from `runs show --json`).')
+    ] = None,
+    stale_after: Annotated[
+        float, typer.Option('--stale-after', min=0.001, help='Seconds after which a claimed step counts as abandoned.')
+    ] = 900.0,
+) -> None:
+    """Make a run continue from an earlier snapshot again: a waiting copy of it is appended, nothing is deleted."""
+    store, loaded = _store(bucket, prefix), _required_graph(graph)
+    replacement = _read_state(state)
+    copy_id = _run_time_travel(
+        lambda: store.rollback_run(
+            run_id, to=to, graph=loaded, state=replacement, etag=etag, stale_after=timedelta(seconds=stale_after)
+        )
+    )
+    console.print(f'rolled {run_id} back to {to}: its next step is snapshot {copy_id}')
+
+
+@runs_app.command('update-state')
+def update_state(
+    run_id: RunIdArgument,
+    path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help='A JSON file holding the new state.')],
+    bucket: BucketOption,
+    graph: GraphOption = None,
+    prefix: PrefixOption = '',
+    etag: Annotated[
+        str | None, typer.Option(help='Update only this version (an ETag from `runs show --json`).')
+    ] = None,
+) -> None:
+    """Correct the state of a run's waiting step before a worker picks it up."""
+    store, loaded = _store(bucket, prefix), _required_graph(graph)
+    replacement = _read_state(path)
+    snapshot_id = _run_time_travel(lambda: store.update_state(run_id, replacement, graph=loaded, etag=etag))
+    console.print(f'updated the state of snapshot {snapshot_id} of {run_id}')
+
+
 @app.command('check-endpoint')
 def check_endpoint(bucket: BucketOption, prefix: PrefixOption = '') -> None:
     """Check that the endpoint honours If-Match and If-None-Match, on a probe object it then deletes."""
@@ -415,6 +532,72 @@ def _progress(description: str) -> Iterator[Callable[[], None]]:
     with Progress(*columns, console=errors, transient=True) as progress:
         task = progress.add_task(description, total=None)
         yield lambda: progress.advance(task)
+
+
+def _show_path(
+    history: RunHistory,
+    graph: Graph[Any, Any, Any] | None,
+    *,
+    mermaid: bool,
+    html_file: Path | None,
+    stuck_after: float,
+) -> None:
+    """`runs show --mermaid` and `--html`: the run's path on its graph (the diagram needs `--graph`)."""
+    path = run_path(history, stuck_after=timedelta(seconds=stuck_after))
+    with _user_errors():
+        if mermaid:
+            if graph is None:
+                raise typer.BadParameter("the diagram is of the run's graph: pass --graph module:attribute")
+            sys.stdout.write(run_mermaid(graph, history, path) + '\n')
+        if html_file is not None:
+            page = run_html(graph, history, path)
+            _write_text(html_file, page)
+            errors.print(f'wrote {html_file}' + ('' if graph is not None else ' (no diagram: pass --graph)'))
+
+
+def _write_text(path: Path, text: str) -> None:
+    try:
+        path.write_text(text, encoding='utf-8')
+    except OSError as e:
+        _fail(ExitCode.USAGE, f'cannot write {path}: {e.strerror}')
+
+
+def _print_origins(history: RunHistory) -> None:
+    """Say where the snapshots a fork or a rollback made came from (a rolled-back run shows it here)."""
+    for row in history.snapshots:
+        if row.copy_of is not None:
+            origin = row.copy_of
+            source = 'this run' if origin.run_id == history.run_id else f'run {origin.run_id}'
+            console.print(f'snapshot {row.id}: {origin.reason} to snapshot {origin.snapshot_id} of {source}')
+
+
+def _run_time_travel(work: Callable[[], Awaitable[T]]) -> T:
+    """`_run`, plus the refusals of time travel: an unknown snapshot (3) and a run busy or ended (5)."""
+    try:
+        return _run(work)
+    except SnapshotNotFoundError as e:
+        _fail(ExitCode.NOT_FOUND, str(e))
+    except RunBusyError as e:
+        _fail(ExitCode.CONFLICT, str(e))
+
+
+def _required_graph(spec: str | None) -> Graph[Any, Any, Any]:
+    graph = _load_graph(spec)
+    if graph is None:
+        raise typer.BadParameter(
+            "the run's graph is needed to check the state: pass module:attribute", param_hint='--graph'
+        )
+    return graph
+
+
+def _read_state(path: Path | None) -> bytes | None:
+    """The state file's bytes (validated against the graph later, before anything is written)."""
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        _fail(ExitCode.USAGE, f'cannot read {path}: {e.strerror}')
 
 
 def _history_json(history: RunHistory) -> dict[str, Any]:

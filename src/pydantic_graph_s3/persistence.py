@@ -366,6 +366,24 @@ class S3StatePersistence(BaseStatePersistence[StateT, RunEndT]):
                 unfenced = e.snapshot_ids
             raise UnfencedClaimError(self.bucket, self.key, unfenced)
 
+    async def apply(self, change: Callable[[RunContext], Callable[[RunHead], Change[RunHead, R]]]) -> R:
+        """Apply an operator's change to the run's head in one compare-and-swap write (see `time_travel`).
+
+        `change(context)` is called per attempt, with the run's context (graph types, sealed history read so
+        far, the S3 clock); a change that asks for sealed history (`NeedSealed`) gets it read first.
+        """
+        with self._traced('apply'):
+            await self._flush_finished()
+            return await self._update(change)
+
+    async def load_elements(self) -> tuple[RunHead, list[Element]]:
+        """The head read now and every snapshot of the run as stored bytes, sealed history first."""
+        with self._traced('load_elements'):
+            await self._flush_finished()
+            head = await self._cas().load()
+            await self._read_sealed(head)
+            return head, [*self._sealed.elements[: head.sealed_snapshots], *head.snapshots]
+
     def should_set_types(self) -> bool:
         """Whether types need to be set."""
         return self._snapshot_types is None

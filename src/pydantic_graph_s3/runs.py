@@ -12,7 +12,8 @@ import os
 import tempfile
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,11 +52,24 @@ from .layout import (
 from .persistence import (
     S3StatePersistence,
     decode_snapshot_list,
+    graph_types,
     logger,
     run_object_key,
     validate_prefix,
     validate_run_id,
 )
+from .time_travel import (
+    KEEP_STATE,
+    CopyOf,
+    Version,
+    copy_of,
+    create_fork,
+    fork_head,
+    rollback,
+    update_waiting_state,
+    validated_state,
+)
+from .usage import HeadFacts, UsageStats, UsageTally, read_head
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -98,6 +112,10 @@ class SnapshotRow:
     state: Any
     result: Any = None
     """The run's result (end snapshot only)."""
+    claimed_at: datetime | None = None
+    """When a worker claimed the node snapshot, when its claim records it (written with `reclaim_after`)."""
+    copy_of: CopyOf | None = None
+    """The snapshot this one is a copy of, when a fork or a rollback made it."""
 
 
 @dataclass(frozen=True)
@@ -145,7 +163,7 @@ class _Raw:
 class RunStore:
     """The runs stored under `s3://{bucket}/{prefix}`, for operators: the library side of the CLI's `runs`.
 
-    Options are those of `S3StatePersistence`; `stats` counts the requests of the store itself (the
+    Options are those of `S3StatePersistence`; `request_stats` counts the requests of the store itself (the
     persistences it hands out count their own).
     """
 
@@ -160,7 +178,7 @@ class RunStore:
     """How many runs a decoding listing reads at once."""
     page_size: int = 1000
     """Keys per listing request (S3 returns at most 1000)."""
-    stats: CasStats = field(default_factory=CasStats)
+    request_stats: CasStats = field(default_factory=CasStats)
 
     def __post_init__(self) -> None:
         if not self.bucket:
@@ -189,15 +207,7 @@ class RunStore:
         With `decode`, each run is also read (one GET, `read_concurrency` at once) to count its snapshots and
         tell its last status; a run that does not decode is still yielded, with `problem` saying why.
         """
-        async for page in list_objects(
-            self._client,
-            self.bucket,
-            self.prefix,
-            retry=self.retry,
-            stats=self.stats,
-            page_size=self.page_size,
-            logger=logger,
-        ):
+        async for page in self._pages():
             infos = [(run_id, info) for info in page if (run_id := self._run_id_of(info.key)) is not None]
             if not decode:
                 for run_id, info in infos:
@@ -211,7 +221,7 @@ class RunStore:
         """The summary of one run, read now. Raises `ObjectNotFoundError` for an unknown run."""
         key = run_object_key(self.prefix, run_id)
         async for page in list_objects(
-            self._client, self.bucket, key, retry=self.retry, stats=self.stats, logger=logger
+            self._client, self.bucket, key, retry=self.retry, stats=self.request_stats, logger=logger
         ):
             for info in page:
                 if info.key == key and (summary := await self._summarize(run_id, info)) is not None:
@@ -227,10 +237,10 @@ class RunStore:
         head_body, etag = await self._read(key)
         body = await self._assemble(key, head_body)
         try:
-            if graph is None:
-                rows = _raw_rows(body)
-            else:
-                rows = [_typed_row(snapshot) for snapshot in decode_snapshot_list(body, graph)]
+            rows = _raw_rows(body)
+            if graph is not None:
+                typed = decode_snapshot_list(body, graph)
+                rows = [_typed_row(snapshot, raw) for snapshot, raw in zip(typed, rows, strict=True)]
         except ValueError as e:
             raise CorruptObjectError(self.bucket, key, str(e).splitlines()[0]) from e
         return RunHistory(run_id, key, etag, rows, None if graph is None else graph.name or type(graph).__name__)
@@ -257,7 +267,12 @@ class RunStore:
             except ValueError:
                 return  # not ours to judge: leave everything as it is
         async for page in list_objects(
-            self._client, self.bucket, segment_group_prefix(key), retry=self.retry, stats=self.stats, logger=logger
+            self._client,
+            self.bucket,
+            segment_group_prefix(key),
+            retry=self.retry,
+            stats=self.request_stats,
+            logger=logger,
         ):
             for info in page:
                 if current is None or not info.key.startswith(f'{segment_group_prefix(key)}{current}~'):
@@ -335,7 +350,7 @@ class RunStore:
         heads: set[str] = set()
         orphans: list[ObjectInfo] = []
         async for page in list_objects(
-            self._client, self.bucket, self.prefix, retry=self.retry, stats=self.stats, logger=logger
+            self._client, self.bucket, self.prefix, retry=self.retry, stats=self.request_stats, logger=logger
         ):
             for info in page:
                 name = info.key[len(self.prefix) :]
@@ -380,6 +395,134 @@ class RunStore:
         except ObjectNotFoundError:
             return PruneOutcome(run, False, 'already deleted')
         return PruneOutcome(run, True, 'deleted')
+
+    async def fork_run(
+        self, run_id: str, *, at: str, new_run_id: str, graph: Graph[Any, Any, Any], state: Any = None
+    ) -> str:
+        """Create run `new_run_id` from run `run_id`'s history before snapshot `at`, then a `created` copy of `at`
+        (its state replaced by `state` when given); any worker can then advance it. Returns the copy's id.
+
+        `state` is validated against the graph's state type before anything is written (`StateValidationError`).
+        The write is create-only: an existing `new_run_id` is refused (`ObjectExistsError`), even one created
+        while this call ran. The source run is only read, never written.
+        """
+        validate_run_id(new_run_id)
+        replacement = KEEP_STATE if state is None else validated_state(graph, state)
+        head, elements = await self.persistence(run_id, graph).load_elements()
+        if not head.snapshots:
+            raise ObjectNotFoundError(self.bucket, run_object_key(self.prefix, run_id))
+        fork, copy_id = fork_head(elements, source_run_id=run_id, at=at, state=replacement, now=datetime.now(tz=UTC))
+        graph_types(graph).snapshots(fork.snapshots[-1:])  # the copy decodes as this graph's, before it is written
+        target = self.persistence(new_run_id, graph)
+        return await target.apply(lambda ctx: partial(create_fork, ctx, self.bucket, fork, copy_id))
+
+    async def rollback_run(
+        self,
+        run_id: str,
+        *,
+        to: str,
+        graph: Graph[Any, Any, Any],
+        state: Any = None,
+        etag: str | None = None,
+        stale_after: timedelta = timedelta(minutes=15),
+    ) -> str:
+        """Make the run continue from snapshot `to` again: a `created` copy of it is appended, in one write.
+
+        History stays append-only: snapshots that were waiting, or claimed longer ago than `stale_after`, are
+        marked `error` with a revoked claim saying why (a worker still holding one is fenced), and nothing is
+        deleted. Refused (`RunBusyError`) while a step is claimed under a live claim, or when the run has ended
+        (fork it instead). With `etag`, only if the run is still that version (`ObjectChangedError`). Returns
+        the copy's snapshot id.
+        """
+        replacement = KEEP_STATE if state is None else validated_state(graph, state)
+        expected = await self._version(run_id, etag, 'the rollback')
+        return await self.persistence(run_id, graph).apply(
+            lambda ctx: partial(rollback, ctx, run_id, self.bucket, to, replacement, stale_after, expected)
+        )
+
+    async def update_state(
+        self, run_id: str, state: Any, *, graph: Graph[Any, Any, Any], etag: str | None = None
+    ) -> str:
+        """Correct the state of the run's waiting (`created`) snapshot before a worker claims it, in one write.
+
+        `state` is validated against the graph first. Refused (`RunBusyError`) once the step is claimed; with
+        `etag`, only if the run is still that version. Returns the snapshot's id.
+        """
+        replacement = validated_state(graph, state)
+        expected = await self._version(run_id, etag, 'the state update')
+        return await self.persistence(run_id, graph).apply(
+            lambda ctx: partial(update_waiting_state, ctx, run_id, self.bucket, replacement, expected)
+        )
+
+    async def _version(self, run_id: str, etag: str | None, operation: str) -> Version | None:
+        """The head's version when it still has `etag` (`None` when no etag is given)."""
+        if etag is None:
+            return None
+        key = run_object_key(self.prefix, run_id)
+        body, current = await self._read(key)
+        if current != etag:
+            raise ObjectChangedError(self.bucket, key, etag, operation)
+        return Version(etag, body)
+
+    async def stats(self, *, stuck_after: timedelta = timedelta(minutes=15), now: datetime | None = None) -> UsageStats:
+        """A usage summary of every run under the prefix: runs by status, objects and bytes, snapshots per run.
+
+        One listing pass, and one GET per run of its head only (`read_concurrency` at once, started while the
+        listing goes on), parsed as plain JSON: no graph is needed. A run whose last node has been claimed for
+        longer than `stuck_after` (by `now`, default the current time) is `stuck`. See `UsageStats`.
+        """
+        if stuck_after <= timedelta(0):
+            raise ValueError(f'stuck_after must be positive, got {stuck_after}')
+        now = datetime.now(tz=UTC) if now is None else now
+        tally = UsageTally(stuck_after)
+        requests_before = self.request_stats.requests
+        limiter = anyio.CapacityLimiter(self.read_concurrency)
+
+        async def read_head_of(run_id: str, info: ObjectInfo) -> None:
+            async with limiter:
+                try:
+                    body, _ = await self._read(info.key)
+                except ObjectNotFoundError:
+                    tally.forget_object(run_id, info.size)  # deleted since it was listed
+                    return
+                except ObjectTooLargeError:
+                    tally.add_head(run_id, HeadFacts(0, 'unreadable'), info.last_modified)
+                    return
+            tally.add_head(
+                run_id, read_head(body, info.last_modified, now=now, stuck_after=stuck_after), info.last_modified
+            )
+
+        async with anyio.create_task_group() as group:
+            async for page in self._pages():
+                for info in page:
+                    if (run_id := self._run_id_of(info.key)) is not None:
+                        tally.add_object(run_id, info.size)
+                        group.start_soon(read_head_of, run_id, info)
+                    elif (owner := self._owner_of(info.key)) is not None:
+                        tally.add_object(owner, info.size)
+        return tally.result(self.request_stats.requests - requests_before)
+
+    def _pages(self) -> AsyncIterator[list[ObjectInfo]]:
+        """Every object under the prefix, a listing page at a time."""
+        return list_objects(
+            self._client,
+            self.bucket,
+            self.prefix,
+            retry=self.retry,
+            stats=self.request_stats,
+            page_size=self.page_size,
+            logger=logger,
+        )
+
+    def _owner_of(self, key: str) -> str | None:
+        """The run whose history object `{prefix}{run_id}~...` is (`None` for any other key)."""
+        owner, tilde, _ = key[len(self.prefix) :].partition('~')
+        if not tilde or '/' in owner:
+            return None
+        try:
+            return validate_run_id(owner)
+        except ValueError:
+            return None
 
     def _run_id_of(self, key: str) -> str | None:
         name = key[len(self.prefix) :]
@@ -441,7 +584,7 @@ class RunStore:
             client=self._client,
             retry=self.retry,
             max_object_bytes=self.max_object_bytes,
-            stats=self.stats,
+            stats=self.request_stats,
             labels={'run_id': self._run_id_of(key) or ''},
             logger=logger,
         )
@@ -474,6 +617,8 @@ def _raw_row(index: int, item: Any) -> SnapshotRow:
             start=_timestamp(item.get('start_ts')),
             duration=item.get('duration'),
             state=item.get('state'),
+            claimed_at=_timestamp(claim.get('claimed_at')) if isinstance(claim := item.get('claim'), dict) else None,
+            copy_of=copy_of(item),
         )
     if kind == 'end' and isinstance(item.get('result'), dict):
         return SnapshotRow(
@@ -489,11 +634,22 @@ def _raw_row(index: int, item: Any) -> SnapshotRow:
     raise ValueError(f'snapshot {index} is not a node or end snapshot')
 
 
-def _typed_row(snapshot: Snapshot[Any, Any]) -> SnapshotRow:
+def _typed_row(snapshot: Snapshot[Any, Any], raw: SnapshotRow) -> SnapshotRow:
+    """The row of a snapshot decoded with the graph's types; what only the raw JSON holds comes from `raw`."""
     state = pydantic_core.to_jsonable_python(snapshot.state)
     if isinstance(snapshot, NodeSnapshot):
         node = snapshot.node.get_node_id()
-        return SnapshotRow(snapshot.id, 'node', node, snapshot.status, snapshot.start_ts, snapshot.duration, state)
+        return SnapshotRow(
+            snapshot.id,
+            'node',
+            node,
+            snapshot.status,
+            snapshot.start_ts,
+            snapshot.duration,
+            state,
+            claimed_at=raw.claimed_at,
+            copy_of=raw.copy_of,
+        )
     assert isinstance(snapshot, EndSnapshot)
     result = pydantic_core.to_jsonable_python(snapshot.result.data)
     return SnapshotRow(snapshot.id, 'end', None, 'end', snapshot.ts, None, state, result)

@@ -1,0 +1,207 @@
+"""The usage summary of the runs under one prefix (`RunStore.stats`), from one listing pass and the runs' heads.
+
+A run is read as little as possible: its objects' count and bytes come from the listing alone, and only its head
+(the object `{prefix}{run_id}.json`, the one a worker writes) is read, split into its snapshots and never
+validated against a graph: the number of snapshots and the last one's status, claim and times are all the
+summary needs.
+Objects whose key holds a `~` (`{prefix}{run_id}~...`) belong to the run named before the `~`: they add to that
+run's objects and bytes, and are never counted as runs.
+"""
+
+from __future__ import annotations as _annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+import pydantic_core
+
+from .layout import Element, decode_head
+
+__all__ = ('RunStatus', 'Distribution', 'RunAge', 'UsageStats', 'HeadFacts', 'read_head', 'UsageTally')
+
+RunStatus = Literal['active', 'waiting', 'ended', 'failed', 'stuck', 'unreadable']
+"""What a run is doing, from its last snapshot.
+
+- `active`: a node is claimed (`pending`/`running`), or has just succeeded and its successor is being written,
+  for less than `stuck_after`;
+- `stuck`: the same for longer than `stuck_after` (its worker is likely gone: see `runs recover`);
+- `waiting`: the next node is `created`, for a worker to pick up;
+- `ended`: the last snapshot is an end snapshot;
+- `failed`: the last node raised (`error`);
+- `unreadable`: the head is not a snapshot list (it is counted, and its objects too, but has no snapshots).
+"""
+
+RUN_STATUSES: tuple[RunStatus, ...] = ('active', 'waiting', 'stuck', 'failed', 'ended', 'unreadable')
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """A total and nearest-rank percentiles of one quantity over the runs (all 0 when there are no runs)."""
+
+    total: int
+    p50: int
+    p90: int
+    p99: int
+    max: int
+
+    @classmethod
+    def of(cls, values: Iterable[int]) -> Distribution:
+        ordered = sorted(values)
+        if not ordered:
+            return cls(0, 0, 0, 0, 0)
+
+        def rank(fraction: float) -> int:
+            return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+
+        return cls(sum(ordered), rank(0.5), rank(0.9), rank(0.99), ordered[-1])
+
+
+@dataclass(frozen=True)
+class RunAge:
+    """A run that is not finished, and when it was last written."""
+
+    run_id: str
+    status: RunStatus
+    last_written: datetime
+
+
+@dataclass(frozen=True)
+class UsageStats:
+    """What `RunStore.stats` found under the prefix."""
+
+    runs: int
+    by_status: Mapping[RunStatus, int]
+    """Runs by what their last snapshot says (see `RunStatus`); every status is present, with 0 when none."""
+    objects: Distribution
+    """Objects per run: its head plus the immutable objects (`{run_id}~...`) that hold its earlier history."""
+    bytes: Distribution
+    """Stored bytes per run, over all its objects."""
+    snapshots: Distribution
+    """Snapshots per readable run."""
+    oldest_active: RunAge | None
+    """Of the runs not finished (active, waiting or stuck), the one written least recently."""
+    stuck_after: timedelta
+    """The claim age past which an active run counts as stuck."""
+    headless_objects: int = 0
+    """Objects of a `{run_id}~...` group whose head is gone (left by a delete that was interrupted)."""
+    headless_bytes: int = 0
+    requests: int = 0
+    """Requests this summary cost: listing pages plus one GET per head."""
+
+
+@dataclass(frozen=True)
+class HeadFacts:
+    """What the summary needs from a run's head."""
+
+    snapshots: int
+    status: RunStatus
+
+
+def read_head(body: bytes, last_written: datetime, *, now: datetime, stuck_after: timedelta) -> HeadFacts:
+    """The snapshot count and status of a run from its head alone (see `layout`): the head counts the snapshots
+    sealed in other objects, and its last snapshot is always its own. A head that does not decode is
+    `unreadable`, with 0 snapshots."""
+    try:
+        head = decode_head(body)
+    except ValueError:
+        return HeadFacts(0, 'unreadable')
+    if not head.snapshots:
+        return HeadFacts(0, 'waiting')
+    return HeadFacts(head.total_snapshots, _status_of(head.snapshots[-1], last_written, now, stuck_after))
+
+
+def _status_of(last: Element, last_written: datetime, now: datetime, stuck_after: timedelta) -> RunStatus:
+    if last.kind == 'end':
+        return 'ended'
+    if last.status == 'error':
+        return 'failed'
+    if last.status == 'created':
+        return 'waiting'
+    return 'stuck' if now - _claimed_at(last, last_written) > stuck_after else 'active'
+
+
+def _claimed_at(snapshot: Element, last_written: datetime) -> datetime:
+    """When the snapshot's worker took it: its claim's time, else its start, else the head's last write.
+
+    A claim without `reclaim_after` has no time of its own; the head's last write is no earlier than the claim.
+    """
+    if snapshot.claim is not None:
+        return snapshot.claim.claimed_at
+    start = pydantic_core.from_json(snapshot.raw).get('start_ts')
+    if isinstance(start, str):
+        try:
+            parsed = datetime.fromisoformat(start)
+        except ValueError:
+            return last_written
+        return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+    return last_written
+
+
+@dataclass
+class _RunTally:
+    objects: int = 0
+    bytes: int = 0
+    facts: HeadFacts | None = None
+    last_written: datetime | None = None
+
+
+@dataclass
+class UsageTally:
+    """The summary being built: objects as the listing shows them, heads as they are read."""
+
+    stuck_after: timedelta
+    runs: dict[str, _RunTally] = field(default_factory=dict)
+
+    def add_object(self, run_id: str, size: int) -> None:
+        tally = self.runs.setdefault(run_id, _RunTally())
+        tally.objects += 1
+        tally.bytes += size
+
+    def forget_object(self, run_id: str, size: int) -> None:
+        tally = self.runs[run_id]
+        tally.objects -= 1
+        tally.bytes -= size
+        if tally.objects == 0:
+            del self.runs[run_id]
+
+    def add_head(self, run_id: str, facts: HeadFacts, last_written: datetime) -> None:
+        tally = self.runs.setdefault(run_id, _RunTally())
+        tally.facts, tally.last_written = facts, last_written
+
+    def result(self, requests: int) -> UsageStats:
+        heads = {run_id: tally for run_id, tally in self.runs.items() if tally.facts is not None}
+        headless = [tally for tally in self.runs.values() if tally.facts is None]
+        by_status: dict[RunStatus, int] = dict.fromkeys(RUN_STATUSES, 0)
+        for tally in heads.values():
+            assert tally.facts is not None
+            by_status[tally.facts.status] += 1
+        return UsageStats(
+            runs=len(heads),
+            by_status=by_status,
+            objects=Distribution.of(tally.objects for tally in heads.values()),
+            bytes=Distribution.of(tally.bytes for tally in heads.values()),
+            snapshots=Distribution.of(_snapshot_counts(heads.values())),
+            oldest_active=_oldest_active(heads),
+            stuck_after=self.stuck_after,
+            headless_objects=sum(tally.objects for tally in headless),
+            headless_bytes=sum(tally.bytes for tally in headless),
+            requests=requests,
+        )
+
+
+def _snapshot_counts(tallies: Iterable[_RunTally]) -> Sequence[int]:
+    return [t.facts.snapshots for t in tallies if t.facts is not None and t.facts.status != 'unreadable']
+
+
+def _oldest_active(heads: Mapping[str, _RunTally]) -> RunAge | None:
+    open_runs = [
+        RunAge(run_id, tally.facts.status, tally.last_written)
+        for run_id, tally in heads.items()
+        if tally.facts is not None
+        and tally.last_written is not None
+        and tally.facts.status in ('active', 'waiting', 'stuck')
+    ]
+    return min(open_runs, key=lambda run: (run.last_written, run.run_id), default=None)
