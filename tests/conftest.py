@@ -16,6 +16,7 @@ from types_aiobotocore_s3 import S3Client
 from pydantic_graph_s3 import ClientSettings, RetryPolicy, S3StatePersistence
 
 from .support.endpoints import S3Endpoint, moto_s3
+from .support.network import package_index_unreachable
 from .support.seaweedfs import seaweedfs_s3
 
 
@@ -24,6 +25,14 @@ def new_session(endpoint: S3Endpoint) -> aioboto3.Session:
     return aioboto3.Session(
         aws_access_key_id=endpoint.access_key, aws_secret_access_key=endpoint.secret_key, region_name=endpoint.region
     )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Skip, with the reason shown, the tests that download from a package index nobody can reach."""
+    downloading = [item for item in items if 'packaging' in item.keywords]
+    if downloading and (reason := package_index_unreachable()) is not None:
+        for item in downloading:
+            item.add_marker(pytest.mark.skip(reason=f'{reason}: the packaging tests download wheels from it'))
 
 
 @pytest.fixture
