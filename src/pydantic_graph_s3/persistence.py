@@ -52,6 +52,7 @@ from pydantic_s3_cas import (
     S3PersistenceError,
     ensure_conditional_writes,
     shared_client,
+    validate_bucket_name,
 )
 from pydantic_s3_cas.telemetry import span
 
@@ -296,8 +297,7 @@ class S3StatePersistence(BaseStatePersistence[StateT, RunEndT]):
     _finished: _Finished | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if not self.bucket:
-            raise ValueError('bucket must be a non-empty bucket name')
+        validate_bucket_name(self.bucket)
         if not self.key:
             raise ValueError('key must be a non-empty object key')
         if self.reclaim_after is not None and self.reclaim_after <= timedelta(0):
