@@ -119,6 +119,8 @@ def demo(
     run_id: Annotated[str | None, typer.Option(help='Run id (default: a new one).')] = None,
 ) -> None:
     """Run pydantic-graph's count-down one step per simulated invocation, each with a fresh persistence."""
+    if bucket is not None:
+        _checked_bucket(bucket)
     with _user_errors():
         output = run_demo(DemoOptions(bucket=bucket, prefix=prefix, counter=counter, run_id=run_id), console)
     console.print(Text.assemble(('run finished', 'green'), f' with output {output}'))
