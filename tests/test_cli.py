@@ -4,6 +4,7 @@ from __future__ import annotations as _annotations
 
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass
 from datetime import timedelta
@@ -387,6 +388,7 @@ async def test_output_details_users_tripped_on(s3: S3Bucket) -> None:
     demo = await cli(s3, 'demo', '--bucket', s3.bucket, '--run-id', long_id, '--counter', '0', COLUMNS='')
     assert demo.code == 0, demo.stderr
     assert f'at s3://{s3.bucket}/graph-runs/{long_id}.json\n' in demo.stdout
+    assert re.search(r'│ CountDown:[0-9a-f]{32} ', demo.stdout), demo.stdout  # snapshot ids are not folded either
 
 
 GRAPH_MODULES = {

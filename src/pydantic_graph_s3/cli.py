@@ -79,9 +79,19 @@ app = typer.Typer(
 )
 runs_app = typer.Typer(help='Inspect and manage the runs stored under a bucket and prefix.', no_args_is_help=True)
 app.add_typer(runs_app, name='runs')
-# Not on a terminal, lines are not wrapped at 80 columns (a wrapped URI cannot be copied); tables still fit.
-console = Console(soft_wrap=True)
-errors = Console(stderr=True, soft_wrap=True, highlight=False)
+
+
+def _console(*, stderr: bool) -> Console:
+    """Not on a terminal (and no COLUMNS), nothing is wrapped or folded at 80 columns: a folded URI or snapshot
+    id cannot be copied, and tables take only the width their cells need."""
+    console = Console(stderr=stderr, soft_wrap=True, highlight=False)
+    if not console.is_terminal and 'COLUMNS' not in os.environ:
+        console.width = 10_000
+    return console
+
+
+console = _console(stderr=False)
+errors = _console(stderr=True)
 
 BucketOption = Annotated[
     str, typer.Option('--bucket', envvar='PYDANTIC_GRAPH_S3_BUCKET', help='The bucket holding the runs.')
