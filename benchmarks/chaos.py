@@ -4,7 +4,8 @@ The driver starts the embedded S3 (moto's server on 127.0.0.1) behind the fault-
 suite, creates `--runs` runs of `--steps` steps, and starts `--workers` worker processes that advance them with
 `GraphWorker` (`reclaim_after` set). Then, until every run has ended:
 - the proxy fails `--fault-rate` of the requests with 500, 503 or a timeout;
-- the driver SIGKILLs a random worker about every `--kill-every` seconds, and starts a new one in its place;
+- the driver SIGKILLs a random worker about every `--kill-every` seconds (once a node ran since the last kill,
+  so a busy machine slows the kills down with the work), and starts a new one in its place;
 - on its first execution, every `--die-every`-th step kills its own worker in the middle of the node, and the
   step after it kills its worker after the node returned, before its successor snapshot is written.
 
@@ -286,6 +287,7 @@ def _supervise(command: list[str], env: dict[str, str], options: Options) -> Cou
     progress = _Progress(Path(env['CHAOS_DIR']) / 'executions.log', options.stall_timeout)
     workers = [_start_worker(command, env) for _ in range(options.workers)]
     next_kill = time.monotonic() + random.expovariate(1 / options.kill_every)
+    executions_at_last_kill = 0
     try:
         while any(w.poll() is None for w in workers):
             progress.check()
@@ -294,7 +296,10 @@ def _supervise(command: list[str], env: dict[str, str], options: Options) -> Cou
                     workers[index] = _start_worker(command, env)
                 elif process.poll() not in (None, 0):
                     raise RuntimeError(f'worker {process.pid} failed with exit code {process.returncode}')
-            if time.monotonic() >= next_kill:
+            # A kill is due by the clock, but waits for a node executed since the last one: on a busy machine a
+            # worker may need longer to start than the mean time between kills, and would never get to work.
+            if time.monotonic() >= next_kill and progress.executions > executions_at_last_kill:
+                executions_at_last_kill = progress.executions
                 live = [i for i, w in enumerate(workers) if w.poll() is None]
                 if live:
                     victim = random.choice(live)
@@ -322,13 +327,14 @@ class _Progress:
 
     log: Path
     stall_timeout: float
-    _executions: int = -1
+    executions: int = 0
+    """Node executions logged so far."""
     _since: float = field(default_factory=time.monotonic)
 
     def check(self) -> None:
         executions = len(_lines(self.log))
-        if executions != self._executions:
-            self._executions, self._since = executions, time.monotonic()
+        if executions != self.executions:
+            self.executions, self._since = executions, time.monotonic()
         elif time.monotonic() - self._since > self.stall_timeout:
             raise TimeoutError(f'no node executed for {self.stall_timeout:.0f}s ({executions} executions so far)')
 
