@@ -4,7 +4,8 @@ The driver starts the embedded S3 (moto's server on 127.0.0.1) behind the fault-
 suite, creates `--runs` runs of `--steps` steps, and starts `--workers` worker processes that advance them with
 `GraphWorker` (`reclaim_after` set). Then, until every run has ended:
 - the proxy fails `--fault-rate` of the requests with 500, 503 or a timeout;
-- the driver SIGKILLs a random worker about every `--kill-every` seconds, and starts a new one in its place;
+- the driver SIGKILLs a random worker about every `--kill-every` seconds (once a node ran since the last kill,
+  so a busy machine slows the kills down with the work), and starts a new one in its place;
 - on its first execution, every `--die-every`-th step kills its own worker in the middle of the node, and the
   step after it kills its worker after the node returned, before its successor snapshot is written.
 
@@ -59,6 +60,7 @@ from pydantic_graph.persistence import EndSnapshot, NodeSnapshot
 
 from pydantic_graph_s3 import ClientSettings, RetryPolicy, S3PersistenceError, S3StatePersistence
 from pydantic_graph_s3.serverless import GraphWorker
+from pydantic_s3_cas.child_process import popen_dying_with_parent
 from pydantic_s3_cas.embedded import embedded_s3
 from tests.support.fault_proxy import Fault, fault_proxy
 
@@ -183,7 +185,7 @@ class Options:
     reclaim_after: float
     max_attempts: int
     seed: int
-    timeout: float
+    stall_timeout: float
 
 
 @dataclass
@@ -285,28 +287,35 @@ def drive(options: Options) -> Figures:
 
 
 def _supervise(command: list[str], env: dict[str, str], options: Options) -> Counter[str]:
-    """Run the workers until they all exit by themselves, SIGKILLing one now and then and starting another."""
+    """Run the workers until they all exit by themselves, SIGKILLing one now and then and starting another.
+
+    There is no limit on the total time, which depends on the machine's load; only a run that made no progress
+    (no node executed) for `--stall-timeout` seconds is given up on. Every worker dies with the driver.
+    """
     kills: Counter[str] = Counter()
-    workers = [subprocess.Popen(command, env=env, cwd=ROOT) for _ in range(options.workers)]
-    deadline = time.monotonic() + options.timeout
+    progress = _Progress(Path(env['CHAOS_DIR']) / 'executions.log', options.stall_timeout)
+    workers = [_start_worker(command, env) for _ in range(options.workers)]
     next_kill = time.monotonic() + random.expovariate(1 / options.kill_every)
+    executions_at_last_kill = 0
     try:
         while any(w.poll() is None for w in workers):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f'runs not finished after {options.timeout:.0f}s')
+            progress.check()
             for index, process in enumerate(workers):
                 if process.poll() == -signal.SIGKILL:  # it killed itself: start another
-                    workers[index] = subprocess.Popen(command, env=env, cwd=ROOT)
+                    workers[index] = _start_worker(command, env)
                 elif process.poll() not in (None, 0):
                     raise RuntimeError(f'worker {process.pid} failed with exit code {process.returncode}')
-            if time.monotonic() >= next_kill:
+            # A kill is due by the clock, but waits for a node executed since the last one: on a busy machine a
+            # worker may need longer to start than the mean time between kills, and would never get to work.
+            if time.monotonic() >= next_kill and progress.executions > executions_at_last_kill:
+                executions_at_last_kill = progress.executions
                 live = [i for i, w in enumerate(workers) if w.poll() is None]
                 if live:
                     victim = random.choice(live)
                     workers[victim].kill()
                     workers[victim].wait()
                     kills['driver SIGKILL'] += 1
-                    workers[victim] = subprocess.Popen(command, env=env, cwd=ROOT)
+                    workers[victim] = _start_worker(command, env)
                 next_kill = time.monotonic() + random.expovariate(1 / options.kill_every)
             time.sleep(0.02)
     finally:
@@ -315,6 +324,28 @@ def _supervise(command: list[str], env: dict[str, str], options: Options) -> Cou
                 process.kill()
             process.wait()
     return kills
+
+
+def _start_worker(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return popen_dying_with_parent(command, env=env, cwd=ROOT)
+
+
+@dataclass
+class _Progress:
+    """Fails when the workers executed no node for `stall_timeout` seconds: a hang, however slow the machine."""
+
+    log: Path
+    stall_timeout: float
+    executions: int = 0
+    """Node executions logged so far."""
+    _since: float = field(default_factory=time.monotonic)
+
+    def check(self) -> None:
+        executions = len(_lines(self.log))
+        if executions != self.executions:
+            self.executions, self._since = executions, time.monotonic()
+        elif time.monotonic() - self._since > self.stall_timeout:
+            raise TimeoutError(f'no node executed for {self.stall_timeout:.0f}s ({executions} executions so far)')
 
 
 def _lines(path: Path) -> list[str]:
@@ -547,7 +578,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--reclaim-after', type=float, default=1.5, help='seconds')
     parser.add_argument('--max-attempts', type=int, default=10)
     parser.add_argument('--seed', type=int, default=1)
-    parser.add_argument('--timeout', type=float, default=600.0)
+    parser.add_argument(
+        '--stall-timeout', type=float, default=300.0, help='give up after this many seconds without a node executed'
+    )
     parser.add_argument('--json', action='store_true', help='print the figures as one JSON object')
     parsed = parser.parse_args(args)
     options = Options(**{k: v for k, v in vars(parsed).items() if k != 'json'})

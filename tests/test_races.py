@@ -16,6 +16,7 @@ from pydantic_graph.persistence import EndSnapshot, NodeSnapshot
 from pydantic_graph_s3 import S3StatePersistence
 from pydantic_graph_s3.examples.count_down import CountDown, CountDownState, count_down_graph
 from pydantic_graph_s3.layout import decode_head
+from pydantic_s3_cas.child_process import popen_dying_with_parent
 
 from .conftest import S3Bucket, new_session
 from .race_worker import RaceState, Step, race_graph
@@ -94,25 +95,28 @@ async def test_worker_processes_racing_on_one_run_execute_each_node_once(
     persistence = s3.persistence('process-race', prefix='')
     await race_graph.initialize(Step(), state=RaceState(steps, 'x' * pad), persistence=persistence)
     log = tmp_path / 'executions.log'
+    busy_log = tmp_path / 'executions.log.busy'  # see tests/race_worker.py
 
-    def run_workers() -> list[int]:
-        env = {
-            **os.environ,
-            'RACE_LOG': str(log),
-            'AWS_ACCESS_KEY_ID': s3.endpoint.access_key,
-            'AWS_SECRET_ACCESS_KEY': s3.endpoint.secret_key,
-            'AWS_DEFAULT_REGION': s3.endpoint.region,
-        }
-        command = [sys.executable, '-m', 'tests.race_worker', s3.endpoint.url, s3.bucket, 'process-race']
-        processes = [
-            subprocess.Popen(command, env=env, stdout=subprocess.PIPE, cwd=Path(__file__).parent.parent, text=True)
-            for _ in range(workers)
-        ]
-        outputs = [p.communicate(timeout=200)[0] for p in processes]
+    env = {
+        **os.environ,
+        'RACE_LOG': str(log),
+        'AWS_ACCESS_KEY_ID': s3.endpoint.access_key,
+        'AWS_SECRET_ACCESS_KEY': s3.endpoint.secret_key,
+        'AWS_DEFAULT_REGION': s3.endpoint.region,
+    }
+    command = [sys.executable, '-m', 'tests.race_worker', s3.endpoint.url, s3.bucket, 'process-race']
+    # Started from this (the main) thread, so that they die with the test process whatever ends it.
+    processes = [
+        popen_dying_with_parent(command, env=env, stdout=subprocess.PIPE, cwd=Path(__file__).parent.parent, text=True)
+        for _ in range(workers)
+    ]
+
+    def wait_for_workers() -> list[int]:
+        outputs = [p.communicate()[0] for p in processes]
         assert [p.returncode for p in processes] == [0] * workers, outputs
         return [int(out) for out in outputs]
 
-    ran = await anyio.to_thread.run_sync(run_workers)
+    ran = await anyio.to_thread.run_sync(wait_for_workers)
 
     executions = Counter(int(line.split()[0]) for line in log.read_text().splitlines())
     assert executions == Counter(range(steps + 1)), 'every node must run exactly once'
@@ -120,7 +124,9 @@ async def test_worker_processes_racing_on_one_run_execute_each_node_once(
     history = await persistence.load_all()
     assert [s.status for s in history if isinstance(s, NodeSnapshot)] == ['success'] * (steps + 1)
     assert isinstance(history[-1], EndSnapshot) and len(history) == steps + 2
+    # The workers make the race certain (see tests/race_worker.py): other workers were turned away, and ran nodes.
     assert len({p for line in log.read_text().splitlines() for p in line.split()[1:]}) > 1, 'no race happened'
+    assert busy_log.read_text(), 'no worker was ever turned away'
     if pad:
         # The racing sealers agreed on every segment, and left none that the head does not count.
         head = decode_head((await s3.get('process-race.json'))[0])

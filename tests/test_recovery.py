@@ -211,9 +211,9 @@ async def test_concurrent_reclaims_have_one_winner(s3: S3Bucket) -> None:
 
 def test_reclaim_options_are_checked() -> None:
     with pytest.raises(ValueError, match='reclaim_after must be positive'):
-        S3StatePersistence(bucket='b', key='k', reclaim_after=timedelta(0))
+        S3StatePersistence(bucket='bkt', key='k', reclaim_after=timedelta(0))
     with pytest.raises(ValueError, match='max_attempts must be at least 1'):
-        S3StatePersistence(bucket='b', key='k', max_attempts=0)
+        S3StatePersistence(bucket='bkt', key='k', max_attempts=0)
 
 
 # --- GraphWorker --------------------------------------------------------------------------------------------

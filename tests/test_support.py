@@ -6,7 +6,9 @@ or moto changes one of them, the failure says which.
 
 from __future__ import annotations as _annotations
 
+import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
@@ -20,6 +22,8 @@ import anyio
 import pytest
 from aiobotocore.config import AioConfig
 from botocore.exceptions import ClientError, ConnectionClosedError, ReadTimeoutError
+
+from pydantic_s3_cas.child_process import dies_with_parent
 
 from .support.endpoints import S3Endpoint
 from .support.fault_proxy import RANDOM_FAULTS, Fault, FaultProxy, fault_proxy
@@ -103,9 +107,7 @@ def weed_processes(marker: str) -> list[str]:
 def test_seaweedfs_starts_quickly_quietly_and_leaves_nothing_behind(
     tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    started = time.monotonic()
     with seaweedfs_s3(tmp_path) as endpoint:
-        startup = time.monotonic() - started
         assert endpoint.url.startswith('http://127.0.0.1:')
         assert len(weed_processes(str(tmp_path))) == 1
         ports = [arg.split('=')[1] for arg in weed_processes(str(tmp_path))[0].split() if '.port' in arg]
@@ -113,7 +115,53 @@ def test_seaweedfs_starts_quickly_quietly_and_leaves_nothing_behind(
     assert not [p for port in ports for p in Path('/tmp').glob(f'seaweedfs-*-{port}.sock')]
     assert 'Starting SeaweedFS' in (tmp_path / 'data-1' / 'weed.log').read_text()
     assert capfd.readouterr() == ('', '')
-    assert startup < 15, f'SeaweedFS took {startup:.1f}s to start'
+
+
+# A test run that is SIGKILLed (or times out) before its `finally` blocks run: what it started must die too.
+ORPHANING_PARENT = """\
+import sys, time
+from pathlib import Path
+from pydantic_s3_cas.child_process import popen_dying_with_parent
+from pydantic_s3_cas.embedded import embedded_s3
+from tests.support.seaweedfs import seaweedfs_s3
+
+with embedded_s3() as moto_url, seaweedfs_s3(Path(sys.argv[1])) as seaweedfs:
+    worker = popen_dying_with_parent([sys.executable, '-c', 'import time; time.sleep(600)'])
+    print(moto_url, seaweedfs.url, worker.pid, flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.mark.timeout(120)
+def test_servers_and_workers_die_with_a_sigkilled_parent(tmp_path: Path) -> None:
+    with subprocess.Popen(
+        [sys.executable, '-c', ORPHANING_PARENT, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parent.parent,
+        **dies_with_parent(),
+    ) as parent:
+        assert parent.stdout is not None
+        moto_url, seaweedfs_url, worker = parent.stdout.readline().split()
+        assert weed_processes(str(tmp_path)) and listening(moto_url) and listening(seaweedfs_url)
+        assert alive(int(worker))
+        parent.kill()  # no `finally`, no atexit: only the kernel can stop what it started
+    while weed_processes(str(tmp_path)) or listening(moto_url) or listening(seaweedfs_url) or alive(int(worker)):
+        time.sleep(0.1)  # the kernel signals at once; the processes may take a moment to exit
+
+
+def listening(url: str) -> bool:
+    host, port = url.removeprefix('http://').split(':')
+    with socket.socket() as sock:
+        return sock.connect_ex((host, int(port))) == 0
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, dead but not yet reaped by its new parent, does not)."""
+    try:
+        return ' Z ' not in Path(f'/proc/{pid}/stat').read_text().split(')', 1)[1][:4]
+    except FileNotFoundError:
+        return False
 
 
 async def test_seaweedfs_enforces_authentication(seaweedfs: S3Endpoint) -> None:

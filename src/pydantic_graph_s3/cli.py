@@ -1,12 +1,14 @@
 """The `pydantic-graph-s3` command line: the demo, and operating the runs stored in a bucket.
 
-User mistakes (a missing bucket, missing or rejected credentials, an unknown run, a run changed meanwhile) end
-with one line on stderr and an exit code from `ExitCode`, never a traceback.
+User mistakes (a missing or invalid bucket, missing or rejected credentials, an unknown run, a run changed
+meanwhile, a path that cannot be written, a `--graph` that cannot be imported) end with one line on stderr and an
+exit code from `ExitCode`, never a traceback. Error text is never read as rich markup: it may hold brackets.
 """
 
 from __future__ import annotations as _annotations
 
 import importlib
+import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable, Iterator
@@ -22,6 +24,7 @@ try:
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
     from rich.table import Table
+    from rich.text import Text
 except ImportError as e:  # pragma: no cover - only without the [cli] extra
     raise SystemExit("the pydantic-graph-s3 command needs its extra: pip install 'pydantic-graph-s3[cli]'") from e
 
@@ -39,6 +42,7 @@ from pydantic_s3_cas import (
     ObjectExistsError,
     ObjectNotFoundError,
     S3PersistenceError,
+    validate_bucket_name,
     verify_conditional_writes,
 )
 
@@ -46,7 +50,7 @@ from .demo import DemoOptions, run_demo
 from .insight import run_html, run_mermaid, run_path
 from .packaging import Architecture, LambdaPackage, PackagingError, build_lambda_package
 from .persistence import UnfencedClaimError, recover_run
-from .runs import PruneOutcome, RunHistory, RunStore, RunSummary
+from .runs import PruneOutcome, RunHistory, RunStore, RunSummary, format_duration
 from .time_travel import RunBusyError, SnapshotNotFoundError
 
 __all__ = ('app', 'main', 'ExitCode')
@@ -65,6 +69,8 @@ class ExitCode(IntEnum):
     CONFLICT = 5
     UNREACHABLE = 6
     UNSAFE_ENDPOINT = 7
+    DECLINED = 8
+    """A confirmation was answered no, or could not be asked (no terminal, no --yes): nothing was changed."""
 
 
 app = typer.Typer(
@@ -75,8 +81,19 @@ app = typer.Typer(
 )
 runs_app = typer.Typer(help='Inspect and manage the runs stored under a bucket and prefix.', no_args_is_help=True)
 app.add_typer(runs_app, name='runs')
-console = Console()
-errors = Console(stderr=True)
+
+
+def _console(*, stderr: bool) -> Console:
+    """Not on a terminal (and no COLUMNS), nothing is wrapped or folded at 80 columns: a folded URI or snapshot
+    id cannot be copied, and tables take only the width their cells need."""
+    console = Console(stderr=stderr, soft_wrap=True, highlight=False)
+    if not console.is_terminal and 'COLUMNS' not in os.environ:
+        console.width = 10_000
+    return console
+
+
+console = _console(stderr=False)
+errors = _console(stderr=True)
 
 BucketOption = Annotated[
     str, typer.Option('--bucket', envvar='PYDANTIC_GRAPH_S3_BUCKET', help='The bucket holding the runs.')
@@ -97,7 +114,9 @@ StuckAfterOption = Annotated[
     float,
     typer.Option('--stuck-after', min=0.001, help='Seconds a claimed step may take before it counts as stuck.'),
 ]
-RunIdArgument = Annotated[str, typer.Argument(help='The run id (its object is {prefix}{run_id}.json).')]
+RunIdArgument = Annotated[
+    str, typer.Argument(metavar='RUN_ID', help='The run id (its object is PREFIX + RUN_ID + .json).')
+]
 
 
 @app.callback()
@@ -116,9 +135,11 @@ def demo(
     run_id: Annotated[str | None, typer.Option(help='Run id (default: a new one).')] = None,
 ) -> None:
     """Run pydantic-graph's count-down one step per simulated invocation, each with a fresh persistence."""
+    if bucket is not None:
+        _checked_bucket(bucket)
     with _user_errors():
         output = run_demo(DemoOptions(bucket=bucket, prefix=prefix, counter=counter, run_id=run_id), console)
-    console.print(f'[green]run finished[/] with output {output}')
+    console.print(Text.assemble(('run finished', 'green'), f' with output {output}'))
 
 
 @app.command()
@@ -148,9 +169,9 @@ def package(
         try:
             built = build_lambda_package(spec)
         except PackagingError as e:
-            console.print(f'[red]{e}[/]')
+            console.print(Text(str(e), style='red'))
             raise typer.Exit(1) from e
-    console.print(f'[green]built[/] {built} ({built.stat().st_size / 1e6:.1f} MB)')
+    console.print(Text.assemble(('built', 'green'), f' {built} ({built.stat().st_size / 1e6:.1f} MB)'))
 
 
 @runs_app.command('list')
@@ -177,11 +198,14 @@ def list_runs(
     if as_json:
         _print_json(runs)
         return
-    table = Table(title=f's3://{bucket}/{prefix} ({len(runs)} runs)')
+    if not runs:
+        _hint_prefixes(store)
+    table = Table(title=Text(f's3://{bucket}/{prefix} ({len(runs)} runs)'))
     for column in ('run id', 'snapshots', 'last status', 'ended', 'size', 'last modified'):
         table.add_column(column, overflow='fold')
     for run in runs:
-        table.add_row(
+        _add_row(
+            table,
             run.run_id,
             _text(run.snapshots),
             run.problem or _text(run.last_status),
@@ -221,16 +245,16 @@ def show(
         _print_json(_history_json(history))
         return
     shown = f'decoded with {history.decoded_with}' if history.decoded_with else 'raw JSON'
-    table = Table(title=f'run {run_id} ({shown})')
-    for column in ('snapshot id', 'node', 'status', 'start', 'duration'):
+    table = Table(title=Text(f'run {run_id} ({shown})'))
+    for column in ('snapshot id', 'node', 'state', 'status', 'start', 'duration'):
         table.add_column(column, overflow='fold')
     for row in history.snapshots:
-        duration = '' if row.duration is None else f'{row.duration * 1000:.1f} ms'
-        table.add_row(row.id, row.node or 'End', row.status, _time(row.start), duration)
+        state = pydantic_core.to_json(row.state).decode()
+        _add_row(table, row.id, row.node or 'End', state, row.status, _time(row.start), format_duration(row.duration))
     console.print(table)
     _print_origins(history)
     if history.ended:
-        console.print(f'result: {pydantic_core.to_json(history.result).decode()}')
+        console.print(Text(f'result: {pydantic_core.to_json(history.result).decode()}'))
     else:
         console.print('not ended')
 
@@ -238,7 +262,9 @@ def show(
 @runs_app.command('export')
 def export_run(
     run_id: RunIdArgument,
-    path: Annotated[Path, typer.Argument(help='The file to write, readable by FileStatePersistence(path).')],
+    path: Annotated[
+        Path, typer.Argument(metavar='PATH', help='The file to write, readable by FileStatePersistence(path).')
+    ],
     bucket: BucketOption,
     prefix: PrefixOption = '',
     overwrite: Annotated[bool, typer.Option(help='Replace the file if it exists.')] = False,
@@ -246,12 +272,14 @@ def export_run(
     """Write a run to a FileStatePersistence file."""
     store = _store(bucket, prefix)
     summary = _run(lambda: store.export_run(run_id, path, overwrite=overwrite))
-    console.print(f'exported {run_id} ({summary.size} B) to {path}')
+    console.print(Text(f'exported {run_id} ({summary.size} B) to {path}'))
 
 
 @runs_app.command('import')
 def import_run(
-    path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help='A FileStatePersistence file.')],
+    path: Annotated[
+        Path, typer.Argument(metavar='PATH', exists=True, dir_okay=False, help='A FileStatePersistence file.')
+    ],
     run_id: RunIdArgument,
     bucket: BucketOption,
     prefix: PrefixOption = '',
@@ -261,7 +289,7 @@ def import_run(
     store = _store(bucket, prefix)
     decoded_with = _load_graph(graph)
     summary = _run(lambda: store.import_run(path, run_id, decoded_with))
-    console.print(f'imported {path} as s3://{bucket}/{summary.key} ({summary.snapshots} snapshots)')
+    console.print(Text(f'imported {path} as s3://{bucket}/{summary.key} ({summary.snapshots} snapshots)'))
 
 
 @runs_app.command()
@@ -281,12 +309,12 @@ def delete(
         run = _run(lambda: store.get_run(run_id))
         etag = run.etag
         state = 'ended' if run.ended else f'NOT ended (last status: {run.last_status})'
-        errors.print(f'run {run_id}: {run.snapshots} snapshots, {state}, last written {_time(run.last_modified)}')
+        errors.print(Text(f'run {run_id}: {run.snapshots} snapshots, {state}, last written {_time(run.last_modified)}'))
     if not yes:
-        typer.confirm(f'delete run {run_id}?', abort=True, err=True)
+        _confirm_or_decline(f'delete run {run_id}?', declined=f'run {run_id} not deleted')
     chosen = etag
     _run(lambda: store.delete_run(run_id, etag=chosen))
-    console.print(f'deleted {run_id}')
+    console.print(Text(f'deleted {run_id}'))
 
 
 @runs_app.command()
@@ -320,7 +348,7 @@ def prune(
     for column in ('run id', 'last modified', 'outcome'):
         table.add_column(column, overflow='fold')
     for outcome in outcomes:
-        table.add_row(outcome.run.run_id, _time(outcome.run.last_modified), outcome.reason)
+        _add_row(table, outcome.run.run_id, _time(outcome.run.last_modified), outcome.reason)
     console.print(table)
 
 
@@ -345,8 +373,11 @@ def recover(
     claimed without a token (by a worker without reclaim_after) is refused unless --force (exit 5).
     """
     persistence = _store(bucket, prefix).persistence(run_id, _load_graph(graph))
-    result = _run(lambda: recover_run(persistence, force=force))
-    console.print(f'recovered {run_id}: {result}')
+    released = _run(lambda: recover_run(persistence, force=force))
+    if not released:
+        console.print(Text(f'recovered {run_id}: no step was claimed, nothing to do'))
+        return
+    console.print(Text(f'recovered {run_id}: {len(released)} step(s) runnable again: {", ".join(released)}'))
 
 
 @runs_app.command('stats')
@@ -449,13 +480,20 @@ def update_state(
 
 
 @app.command('check-endpoint')
-def check_endpoint(bucket: BucketOption, prefix: PrefixOption = '') -> None:
+def check_endpoint(bucket: BucketOption, prefix: PrefixOption = '', as_json: JsonOption = False) -> None:
     """Check that the endpoint honours If-Match and If-None-Match, on a probe object it then deletes."""
-    result = _run(lambda: verify_conditional_writes(bucket, prefix))
-    console.print(f'conditional writes honoured at s3://{bucket}/{prefix}: {result}')
+    _checked_bucket(bucket)
+    endpoint = _run(lambda: verify_conditional_writes(bucket, prefix))
+    if as_json:
+        _print_json({'bucket': bucket, 'prefix': prefix, 'endpoint': endpoint, 'conditional_writes': True})
+        return
+    console.print(Text(f'conditional writes honoured at s3://{bucket}/{prefix}: {endpoint}'))
 
 
 def main() -> None:
+    # The error line says what the storage layer's warning would: one message, not two.
+    for name in ('pydantic_graph_s3', 'pydantic_s3_cas'):
+        logging.getLogger(name).addHandler(logging.NullHandler())
     app()
 
 
@@ -481,39 +519,78 @@ def _user_errors() -> Iterator[None]:
         _fail(ExitCode.UNSAFE_ENDPOINT, str(e))
     except S3PersistenceError as e:
         _fail(ExitCode.S3_ERROR, str(e))
-    except ValueError as e:  # an invalid run id, or a file that is not a snapshot list
+    except ValueError as e:  # an invalid run id or bucket name, or a file that is not a snapshot list
         _fail(ExitCode.USAGE, str(e))
+    except OSError as e:  # a local path that cannot be written or read: its message names it
+        _fail(ExitCode.USAGE, e.strerror if e.strerror and e.filename is None else str(e))
 
 
 def _store(bucket: str, prefix: str) -> RunStore:
+    checked = _checked_bucket(bucket)
+    with _user_errors():  # a prefix that is not a folder
+        return RunStore(checked, prefix)
+
+
+def _checked_bucket(bucket: str) -> str:
+    """The bucket name, checked before any request (the same rules as the library's)."""
     if not bucket:
         _fail(ExitCode.USAGE, 'no bucket: pass --bucket or set PYDANTIC_GRAPH_S3_BUCKET')
-    with _user_errors():  # a prefix that is not a folder
-        return RunStore(bucket, prefix)
+    with _user_errors():
+        return validate_bucket_name(bucket)
 
 
 def _fail(code: ExitCode, message: str) -> NoReturn:
-    errors.print(f'[red]error:[/] {message}', highlight=False, soft_wrap=True)
+    """One line on stderr, then exit with `code`; `message` is shown as it is, never parsed as markup."""
+    errors.print(Text.assemble(('error:', 'red'), ' ', ' '.join(message.split('\n'))))
     raise typer.Exit(code)
 
 
+def _confirm_or_decline(question: str, *, declined: str) -> None:
+    """Ask on the terminal; a no, or no terminal to ask on, ends the command with `ExitCode.DECLINED`."""
+    if not sys.stdin.isatty():
+        _declined(f'{declined}: no terminal to confirm on; pass --yes to confirm')
+    try:
+        confirmed = typer.confirm(question, default=False, err=True)
+    except typer.Abort:  # end of input (Ctrl-D) or Ctrl-C at the prompt
+        confirmed = False
+    if not confirmed:
+        _declined(declined)
+
+
+def _declined(message: str) -> NoReturn:
+    errors.print(Text(message))
+    raise typer.Exit(ExitCode.DECLINED)
+
+
+def _hint_prefixes(store: RunStore) -> None:
+    """Under an empty listing, say which deeper prefixes hold runs (the demo writes under graph-runs/)."""
+    found = _run(lambda: store.prefixes_with_runs())
+    if found:
+        shown = ', '.join(found)
+        errors.print(Text(f'hint: no runs directly under this prefix; runs may be under {shown}: pass --prefix'))
+
+
 def _load_graph(spec: str | None) -> Graph[Any, Any, Any] | None:
-    """The graph named by `module:attribute`, imported as `python -m` would find it (the current directory first)."""
+    """The graph named by `module:attribute`; the module is found on the path, then in the current directory.
+
+    The current directory comes last on `sys.path`, so a file there named like a library the command uses
+    (`s3transfer.py`) does not replace it. Whatever importing the module raises, even `SystemExit`, is a usage
+    error with one line on stderr.
+    """
     if spec is None:
         return None
     module_name, _, attribute = spec.partition(':')
     if not module_name or not attribute:
-        raise typer.BadParameter(f'{spec!r} is not module:attribute', param_hint='--graph')
+        _fail(ExitCode.USAGE, f'--graph {spec!r} is not module:attribute')
     if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
+        sys.path.append(os.getcwd())
     try:
         graph = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as e:
-        raise typer.BadParameter(f'cannot load {spec}: {e}', param_hint='--graph') from e
+    except (Exception, SystemExit) as e:
+        first_line = str(e).splitlines()[0] if str(e) else ''
+        _fail(ExitCode.USAGE, f'--graph: cannot load {spec}: {type(e).__name__}: {first_line}')
     if not isinstance(graph, Graph):
-        raise typer.BadParameter(
-            f'{spec} is a {type(graph).__name__}, not a pydantic_graph.Graph', param_hint='--graph'
-        )
+        _fail(ExitCode.USAGE, f'--graph: {spec} is a {type(graph).__name__}, not a pydantic_graph.Graph')
     return graph
 
 
@@ -529,7 +606,8 @@ def _parse_time(text: str) -> datetime:
 def _progress(description: str) -> Iterator[Callable[[], None]]:
     """A spinner with a count on stderr (drawn only on a terminal), advanced once per run."""
     columns = (SpinnerColumn(), TextColumn('{task.description}: {task.completed} runs'), TimeElapsedColumn())
-    with Progress(*columns, console=errors, transient=True) as progress:
+    # Off a terminal it would draw nothing but leave a blank line on stderr.
+    with Progress(*columns, console=errors, transient=True, disable=not errors.is_terminal) as progress:
         task = progress.add_task(description, total=None)
         yield lambda: progress.advance(task)
 
@@ -614,6 +692,11 @@ def _history_json(history: RunHistory) -> dict[str, Any]:
 
 def _print_json(value: Any) -> None:
     sys.stdout.write(pydantic_core.to_json(value, indent=2).decode() + '\n')
+
+
+def _add_row(table: Table, *cells: str) -> None:
+    """Cells are shown as they are: a run id, state or reason with brackets is not rich markup."""
+    table.add_row(*(Text(cell) for cell in cells))
 
 
 def _text(value: object) -> str:

@@ -20,12 +20,14 @@ from pydantic_graph import End
 from pydantic_graph.persistence import EndSnapshot, NodeSnapshot
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from pydantic_s3_cas import shared_client
+from pydantic_s3_cas import ObjectExistsError, shared_client
 from pydantic_s3_cas.embedded import embedded_s3
 
 from .examples.count_down import count_down_graph, run_node, start_run
 from .persistence import S3StatePersistence
+from .runs import format_duration
 
 __all__ = ('DemoOptions', 'run_demo')
 
@@ -64,7 +66,7 @@ def _embedded_environment(console: Console) -> Iterator[str]:
                 AWS_DEFAULT_REGION='us-east-1',
             )
         )
-        console.print(f'embedded S3 at [bold]{endpoint}[/], bucket [bold]{EMBEDDED_BUCKET}[/]')
+        console.print(Text.assemble('embedded S3 at ', (endpoint, 'bold'), ', bucket ', (EMBEDDED_BUCKET, 'bold')))
         anyio.run(_create_bucket, EMBEDDED_BUCKET)
         yield EMBEDDED_BUCKET
 
@@ -90,8 +92,10 @@ async def _create_bucket(bucket: str) -> None:
 
 async def _advance_to_end(bucket: str, prefix: str, run_id: str, counter: int, console: Console) -> int:
     requests = await _count_requests()
-    console.print(f'run [bold]{run_id}[/] at s3://{bucket}/{prefix}{run_id}.json')
-    await start_run(run_id, bucket=bucket, prefix=prefix, counter=counter)
+    console.print(Text.assemble('run ', (run_id, 'bold'), f' at s3://{bucket}/{prefix}{run_id}.json'))
+    if not await start_run(run_id, bucket=bucket, prefix=prefix, counter=counter):
+        # Left as it was: the demo starts runs, it does not add a second start to one.
+        raise ObjectExistsError(bucket, f'{prefix}{run_id}.json')
     console.print(f'  started: CountDown, counter={counter} ({requests.pop()} requests)')
 
     step = 0
@@ -136,9 +140,10 @@ def _history_table(history: list[Any]) -> Table:
         table.add_column(column)
     for snapshot in history:
         if isinstance(snapshot, NodeSnapshot):
-            duration = '' if snapshot.duration is None else f'{snapshot.duration * 1e6:.0f} µs'
             node = type(snapshot.node).__name__
-            table.add_row(snapshot.id, node, to_json(snapshot.state).decode(), snapshot.status, duration)
+            state = to_json(snapshot.state).decode()
+            table.add_row(*map(Text, (snapshot.id, node, state, snapshot.status, format_duration(snapshot.duration))))
         elif isinstance(snapshot, EndSnapshot):
-            table.add_row(snapshot.id, f'End({snapshot.result.data!r})', to_json(snapshot.state).decode(), 'end', '')
+            end = f'End({snapshot.result.data!r})'
+            table.add_row(*map(Text, (snapshot.id, end, to_json(snapshot.state).decode(), 'end', '')))
     return table

@@ -54,6 +54,7 @@ from pydantic_s3_cas import (
     ensure_conditional_writes,
     quoted,
     shared_client,
+    validate_bucket_name,
 )
 from pydantic_s3_cas.telemetry import span
 
@@ -238,8 +239,7 @@ class S3StatePersistence(BaseStatePersistence[StateT, RunEndT]):
     _finished: Finished | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if not self.bucket:
-            raise ValueError('bucket must be a non-empty bucket name')
+        validate_bucket_name(self.bucket)
         if not self.key:
             raise ValueError('key must be a non-empty object key')
         if self.reclaim_after is not None and self.reclaim_after <= timedelta(0):

@@ -9,7 +9,7 @@ advanced after the operator looked at it.
 from __future__ import annotations as _annotations
 
 import os
-import tempfile
+import secrets
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -38,6 +38,7 @@ from pydantic_s3_cas import (
     RetryPolicy,
     list_objects,
     shared_client,
+    validate_bucket_name,
 )
 
 from .layout import (
@@ -74,7 +75,7 @@ from .usage import HeadFacts, UsageStats, UsageTally, read_head
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
 
-__all__ = ('RunStore', 'RunSummary', 'RunHistory', 'SnapshotRow', 'PruneOutcome')
+__all__ = ('RunStore', 'RunSummary', 'RunHistory', 'SnapshotRow', 'PruneOutcome', 'format_duration')
 
 
 @dataclass(frozen=True)
@@ -181,8 +182,7 @@ class RunStore:
     request_stats: CasStats = field(default_factory=CasStats)
 
     def __post_init__(self) -> None:
-        if not self.bucket:
-            raise ValueError('bucket must be a non-empty bucket name')
+        validate_bucket_name(self.bucket)
         validate_prefix(self.prefix)  # a folder: never list, read or delete another prefix's objects
 
     def persistence(self, run_id: str, graph: Graph[Any, Any, Any] | None = None) -> S3StatePersistence[Any, Any]:
@@ -216,6 +216,26 @@ class RunStore:
             for summary in await self._read_all(infos):
                 if summary is not None:
                     yield summary
+
+    async def prefixes_with_runs(self, *, limit: int = 5) -> list[str]:
+        """Up to `limit` deeper prefixes holding objects that could be runs: where to look when this one has none.
+
+        Lists keys under the prefix until it has found `limit` of them (a listing of the whole bucket at most).
+        """
+        found: list[str] = []
+        async for page in list_objects(
+            self._client, self.bucket, self.prefix, retry=self.retry, stats=self.request_stats, logger=logger
+        ):
+            for info in page:
+                folder, _, name = info.key.rpartition('/')
+                deeper = f'{folder}/'
+                # A name with `~` is a segment of a run's history, not a run.
+                is_run = name.endswith('.json') and '~' not in name
+                if is_run and len(deeper) > len(self.prefix) and deeper not in found:
+                    found.append(deeper)
+                    if len(found) == limit:
+                        return found
+        return found
 
     async def get_run(self, run_id: str) -> RunSummary:
         """The summary of one run, read now. Raises `ObjectNotFoundError` for an unknown run."""
@@ -666,13 +686,39 @@ def _timestamp(value: Any) -> datetime | None:
 
 
 def _write_file(path: Path, body: bytes, overwrite: bool) -> None:
+    """Write `body` to `path` whole or not at all, with the mode the user's umask gives a new file.
+
+    Every way the path can be wrong is an `OSError` whose message says which path and what to do.
+    """
+    if path.is_dir():
+        raise IsADirectoryError(f'{path} is a folder: give the path of the file to write')
     if path.exists() and not overwrite:
         raise FileExistsError(f'{path} exists: choose another path, or overwrite it')
-    # Written beside the target and renamed over it, so a reader never sees half a file.
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f'.{path.name}.', delete=False) as temporary:
-        temporary.write(body)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f'folder {path.parent} does not exist: create it first')
+    # Written beside the target and renamed over it, so a reader never sees half a file. os.open applies the
+    # umask to 0o666 as any new file gets (tempfile would make it 0o600).
+    temporary = path.parent / f'.{path.name}.{secrets.token_hex(4)}'
     try:
-        os.replace(temporary.name, path)
-    except BaseException:
-        os.unlink(temporary.name)
-        raise
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(descriptor, 'wb') as file:
+            file.write(body)
+    except OSError as e:
+        temporary.unlink(missing_ok=True)
+        raise OSError(e.errno, f'cannot write {path}: {e.strerror}') from e
+    try:
+        os.replace(temporary, path)
+    except OSError as e:
+        temporary.unlink(missing_ok=True)
+        raise OSError(e.errno, f'cannot write {path}: {e.strerror}') from e
+
+
+def format_duration(seconds: float | None) -> str:
+    """A step's duration as people read it: `15 µs`, `3.2 ms`, `1.5 s` (empty when unknown)."""
+    if seconds is None:
+        return ''
+    if seconds < 1e-3:
+        return f'{seconds * 1e6:.0f} µs'
+    if seconds < 1:
+        return f'{seconds * 1e3:.1f} ms'
+    return f'{seconds:.1f} s'

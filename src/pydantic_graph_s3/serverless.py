@@ -28,7 +28,7 @@ from pydantic_graph.graph import Graph, GraphRun
 from pydantic_graph.persistence import EndSnapshot, NodeSnapshot, Snapshot
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from pydantic_s3_cas import S3PersistenceError, quoted, shortened, storage_deadline
+from pydantic_s3_cas import S3PersistenceError, quoted, shortened, storage_deadline, validate_bucket_name
 
 from ._messages import describe_validation_error, listed
 from .persistence import ClaimLostError, S3StatePersistence, validate_prefix, validate_run_id
@@ -244,7 +244,7 @@ class GraphWorker(Generic[StateT, DepsT, RunEndT]):
         self.deps = deps
         self.budget = budget or StepBudget()
         self.persistence_options = persistence_options
-        self._bucket = bucket
+        self._bucket = None if bucket is None else validate_bucket_name(bucket)  # a typo fails here, not per run
         self._prefix = prefix
         self._max_steps = max_steps
         self._settings: WorkerSettings | None = None

@@ -23,6 +23,8 @@ from typing import Any
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from pydantic_s3_cas.child_process import popen_dying_with_parent
+
 from .endpoints import S3Endpoint
 
 __all__ = ('seaweedfs_s3', 'weed_binary')
@@ -144,7 +146,8 @@ def _weed_mini(
     # Credentials in the environment would add a second identity (`weed mini` reads AWS_ACCESS_KEY_ID).
     env = {k: v for k, v in os.environ.items() if not k.startswith('AWS_')}
     with (data_dir / 'weed.log').open('wb') as log:
-        process = subprocess.Popen(
+        # Its own group, so `_stop` reaches everything it starts; dead with the test run even if that is SIGKILLed.
+        process = popen_dying_with_parent(
             args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
     try:

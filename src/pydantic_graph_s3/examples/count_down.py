@@ -39,10 +39,16 @@ worker = GraphWorker(count_down_graph)
 handler = worker.lambda_handler
 
 
-async def start_run(run_id: str, *, bucket: str, prefix: str = '', counter: int = 5) -> None:
-    """Create the run in S3, ready for `run_node`, as the seed's `main` does."""
-    persistence = S3StatePersistence.for_run(run_id, bucket=bucket, prefix=prefix)
-    await count_down_graph.initialize(CountDown(), state=CountDownState(counter=counter), persistence=persistence)
+async def start_run(run_id: str, *, bucket: str, prefix: str = '', counter: int = 5) -> bool:
+    """Create the run in S3, ready for `run_node`, as the seed's `main` does; False if it already existed.
+
+    An existing run is left untouched: `Graph.initialize` would append a second start to it.
+    """
+    persistence: S3StatePersistence[CountDownState, int] = S3StatePersistence.for_run(
+        run_id, bucket=bucket, prefix=prefix
+    )
+    persistence.set_graph_types(count_down_graph)
+    return await persistence.initialize_run(CountDownState(counter=counter), CountDown()) is None
 
 
 async def run_node(run_id: str, *, bucket: str, prefix: str = '') -> CountDown | End[int]:

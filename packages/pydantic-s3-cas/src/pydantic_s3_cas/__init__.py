@@ -24,6 +24,7 @@ from .errors import (
     quoted,
     shortened,
 )
+from .names import validate_bucket_name
 from .probe import ensure_conditional_writes, verify_conditional_writes
 
 __all__ = (
@@ -37,6 +38,7 @@ __all__ = (
     'ClientSettings',
     'default_session',
     'shared_client',
+    'validate_bucket_name',
     'verify_conditional_writes',
     'ensure_conditional_writes',
     'ConditionalWritesUnsupportedError',

@@ -18,6 +18,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from .child_process import popen_dying_with_parent
+
 __all__ = ('embedded_s3', 'serve')
 
 _READY = 'embedded S3 listening on '
@@ -33,7 +35,8 @@ def embedded_s3(*, timeout: float = 30.0) -> Iterator[str]:
         import moto.server  # noqa: F401  (checked here so the error is raised in the caller's process)
     except ImportError as e:
         raise RuntimeError("the embedded S3 needs moto's server: pip install 'pydantic-s3-cas[embedded]'") from e
-    process = subprocess.Popen(
+    # The server dies with this process even if it is SIGKILLed before the `finally` below can stop it.
+    process = popen_dying_with_parent(
         [sys.executable, '-m', __name__],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
