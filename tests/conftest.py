@@ -4,7 +4,7 @@ from __future__ import annotations as _annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,16 +15,9 @@ from types_aiobotocore_s3 import S3Client
 
 from pydantic_graph_s3 import ClientSettings, RetryPolicy, S3StatePersistence
 
-from .support.endpoints import S3Endpoint, moto_s3
+from .support.endpoints import S3Endpoint
+from .support.fixtures import anyio_backend, moto_endpoint, new_session, seaweedfs_endpoint
 from .support.network import package_index_unreachable
-from .support.seaweedfs import seaweedfs_s3
-
-
-def new_session(endpoint: S3Endpoint) -> aioboto3.Session:
-    """A session of its own, and so a client and connection pool of its own, signing for `endpoint`."""
-    return aioboto3.Session(
-        aws_access_key_id=endpoint.access_key, aws_secret_access_key=endpoint.secret_key, region_name=endpoint.region
-    )
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -33,23 +26,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     if downloading and (reason := package_index_unreachable()) is not None:
         for item in downloading:
             item.add_marker(pytest.mark.skip(reason=f'{reason}: the packaging tests download wheels from it'))
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return 'asyncio'
-
-
-@pytest.fixture(scope='session')
-def moto_endpoint() -> Iterator[S3Endpoint]:
-    with moto_s3() as endpoint:
-        yield endpoint
-
-
-@pytest.fixture(scope='session')
-def seaweedfs_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Endpoint]:
-    with seaweedfs_s3(tmp_path_factory.mktemp('seaweedfs')) as endpoint:
-        yield endpoint
 
 
 @pytest.fixture(params=['moto', 'seaweedfs'])

@@ -15,7 +15,8 @@ from pydantic_graph_s3 import CorruptObjectError
 from pydantic_graph_s3.examples.count_down import CountDown, CountDownState, count_down_graph
 from pydantic_s3_cas import shared_client
 
-from .conftest import S3Bucket, new_session
+from .conftest import S3Bucket
+from .support.fixtures import new_session
 
 pytestmark = pytest.mark.anyio
 

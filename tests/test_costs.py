@@ -13,8 +13,9 @@ from pydantic_graph import End
 from pydantic_graph_s3.examples.count_down import CountDown, CountDownState, count_down_graph
 from pydantic_s3_cas import shared_client
 
-from .conftest import S3Bucket, new_session
+from .conftest import S3Bucket
 from .support.endpoints import S3Endpoint
+from .support.fixtures import new_session
 
 pytestmark = pytest.mark.anyio
 

@@ -16,8 +16,9 @@ from pydantic_graph_s3 import ClientSettings
 from pydantic_graph_s3.examples.count_down import count_down_graph
 from pydantic_graph_s3.serverless import GraphWorker, InvalidEventError, StepBudget, close_event_loop, event_loop
 
-from .conftest import FAST_RETRY, new_session
+from .conftest import FAST_RETRY
 from .support.endpoints import S3Endpoint
+from .support.fixtures import new_session
 from .test_serverless import nap_graph
 
 

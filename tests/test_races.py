@@ -18,8 +18,9 @@ from pydantic_graph_s3.examples.count_down import CountDown, CountDownState, cou
 from pydantic_graph_s3.layout import decode_head
 from pydantic_s3_cas.child_process import popen_dying_with_parent
 
-from .conftest import S3Bucket, new_session
+from .conftest import S3Bucket
 from .race_worker import RaceState, Step, race_graph
+from .support.fixtures import new_session
 
 pytestmark = pytest.mark.anyio
 

@@ -25,7 +25,8 @@ from pydantic_graph_s3 import ClaimLostError, S3PersistenceError, S3StatePersist
 from pydantic_graph_s3.examples.count_down import CountDown, CountDownState, count_down_graph
 from pydantic_graph_s3.serverless import GraphWorker
 
-from .conftest import S3Bucket, new_session
+from .conftest import S3Bucket
+from .support.fixtures import new_session
 
 pytestmark = pytest.mark.anyio
 

@@ -25,7 +25,8 @@ from pydantic_graph_s3.time_travel import (
     StateValidationError,
 )
 
-from .conftest import FAST_RETRY, S3Bucket, new_session
+from .conftest import FAST_RETRY, S3Bucket
+from .support.fixtures import new_session
 from .test_cli import GRAPH, cli
 from .test_insight import Fragile, Step, fragile_graph
 

@@ -14,8 +14,8 @@ from pydantic_graph_s3 import ClientSettings
 from pydantic_graph_s3.examples.count_down import count_down_graph
 from pydantic_graph_s3.serverless import GraphWorker, close_event_loop
 
-from ..conftest import new_session
 from ..support.endpoints import S3Endpoint
+from ..support.fixtures import new_session
 from .graphs import explode_graph
 from .stepfunctions import TEST_VARIABLES, ChainResult, render_definition, run_state_machine
 

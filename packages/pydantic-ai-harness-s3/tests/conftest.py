@@ -8,7 +8,7 @@ from __future__ import annotations as _annotations
 
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,34 +21,16 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from pydantic_ai_harness_s3 import ClientSettings, RetryPolicy, S3MemoryStore, S3StepStore  # noqa: E402
-from tests.support.endpoints import S3Endpoint, moto_s3  # noqa: E402
-from tests.support.seaweedfs import seaweedfs_s3  # noqa: E402
+from tests.support.endpoints import S3Endpoint  # noqa: E402
+from tests.support.fixtures import (  # noqa: E402
+    anyio_backend,
+    moto_endpoint,
+    new_session,
+    seaweedfs_endpoint,
+)
 
 # Tests retry fast: the bounds are what is under test, not the waiting. Racing processes need many attempts.
 FAST_RETRY = RetryPolicy(max_attempts=60, max_elapsed=120.0, initial_backoff=0.005, max_backoff=0.2)
-
-
-def new_session(endpoint: S3Endpoint) -> aioboto3.Session:
-    return aioboto3.Session(
-        aws_access_key_id=endpoint.access_key, aws_secret_access_key=endpoint.secret_key, region_name=endpoint.region
-    )
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return 'asyncio'
-
-
-@pytest.fixture(scope='session')
-def moto_endpoint() -> Iterator[S3Endpoint]:
-    with moto_s3() as endpoint:
-        yield endpoint
-
-
-@pytest.fixture(scope='session')
-def seaweedfs_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Endpoint]:
-    with seaweedfs_s3(tmp_path_factory.mktemp('seaweedfs')) as endpoint:
-        yield endpoint
 
 
 @dataclass
