@@ -93,16 +93,16 @@ def test_reclaim_after_comes_from_the_option_then_the_environment_then_the_defau
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv('PYDANTIC_GRAPH_S3_RECLAIM_AFTER', raising=False)
-    assert GraphWorker(count_down_graph, bucket='b').persistence('r').reclaim_after == DEFAULT_RECLAIM_AFTER
+    assert GraphWorker(count_down_graph, bucket='bkt').persistence('r').reclaim_after == DEFAULT_RECLAIM_AFTER
     assert timedelta(minutes=15) < DEFAULT_RECLAIM_AFTER  # Lambda's longest timeout: no live step is taken over
-    opted_out = GraphWorker(count_down_graph, bucket='b', reclaim_after=None)
+    opted_out = GraphWorker(count_down_graph, bucket='bkt', reclaim_after=None)
     assert opted_out.persistence('r').reclaim_after is None
     monkeypatch.setenv('PYDANTIC_GRAPH_S3_RECLAIM_AFTER', '120')
-    assert GraphWorker(count_down_graph, bucket='b').persistence('r').reclaim_after == timedelta(seconds=120)
+    assert GraphWorker(count_down_graph, bucket='bkt').persistence('r').reclaim_after == timedelta(seconds=120)
     monkeypatch.setenv('PYDANTIC_GRAPH_S3_RECLAIM_AFTER', 'never')
-    assert GraphWorker(count_down_graph, bucket='b').persistence('r').reclaim_after is None
+    assert GraphWorker(count_down_graph, bucket='bkt').persistence('r').reclaim_after is None
     # The persistence itself keeps pydantic-graph's strict semantics (and FileStatePersistence's bytes).
-    assert S3StatePersistence.for_run('r', bucket='b').reclaim_after is None
+    assert S3StatePersistence.for_run('r', bucket='bkt').reclaim_after is None
 
 
 # --- 3. recover refuses what it cannot fence ----------------------------------------------------------------------
@@ -342,7 +342,7 @@ def test_a_huge_run_id_gives_a_short_error_and_a_short_log_line(
     assert 'invalid run id' in str(raised.value)
     assert len(str(raised.value)) < 1000
     with pytest.raises(ValueError, match='invalid run id') as direct:
-        S3StatePersistence.for_run(huge, bucket='b')
+        S3StatePersistence.for_run(huge, bucket='bkt')
     assert len(str(direct.value)) < 1000
 
     caplog.set_level(logging.INFO)
