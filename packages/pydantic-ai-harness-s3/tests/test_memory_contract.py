@@ -5,11 +5,12 @@ from __future__ import annotations as _annotations
 import uuid
 
 import pytest
-from conftest import FAST_RETRY, new_session
+from conftest import FAST_RETRY
 from pydantic_ai_memory_core.contract import *  # noqa: F403  (the suite's test functions)
 
 from pydantic_ai_harness_s3 import ClientSettings, S3MemoryStore
 from tests.support.endpoints import S3Endpoint
+from tests.support.fixtures import new_session
 
 pytestmark = pytest.mark.anyio
 
