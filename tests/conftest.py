@@ -3,13 +3,16 @@
 from __future__ import annotations as _annotations
 
 import os
+import re
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import aioboto3
+import pydantic_core
 import pytest
 from types_aiobotocore_s3 import S3Client
 
@@ -40,6 +43,14 @@ def endpoint_name(request: pytest.FixtureRequest) -> str:
 FAST_RETRY = RetryPolicy(max_attempts=8, max_elapsed=600.0, initial_backoff=0.005, max_backoff=0.1)
 
 
+FRESH = timedelta(hours=1)
+"""A `reclaim_after` no test outlives: a claim under it is stale only once `S3Bucket.backdate_claims` ages it."""
+AGED = timedelta(days=1)
+"""How far `backdate_claims` moves a claim back: far past `FRESH`, and past any disagreement between clocks."""
+# A claim's time as stored (`"claimed_at": "..."` in the claim of a snapshot; pydantic writes no escapes in it).
+_CLAIMED_AT = re.compile(rb'("claimed_at":\s*)"([^"\\]+)"')
+
+
 @dataclass
 class S3Bucket:
     """A fresh bucket on one endpoint, with a raw client to look behind the persistence's back."""
@@ -68,6 +79,22 @@ class S3Bucket:
 
     async def put(self, key: str, body: bytes) -> None:
         await self.raw.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType='application/json')
+
+    async def backdate_claims(self, key: str, by: timedelta = AGED) -> None:
+        """Every claim in the run head `key` dated `by` earlier, every other byte kept: claims made long ago.
+
+        Ageing a claim by its stored time, not by waiting, makes it stale for certain however slow the machine:
+        claims are judged by the S3 endpoint's clock against `claimed_at`, so this is the honest way to age one.
+        """
+        body, _, _ = await self.get(key)
+
+        def earlier(match: re.Match[bytes]) -> bytes:
+            claimed_at = datetime.fromisoformat(match[2].decode())
+            return match[1] + pydantic_core.to_json(claimed_at - by)
+
+        backdated, count = _CLAIMED_AT.subn(earlier, body)
+        assert count, f'{key} holds no claim to backdate'
+        await self.put(key, backdated)
 
 
 @pytest.fixture

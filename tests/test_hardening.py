@@ -145,10 +145,12 @@ async def test_the_deadline_bounds_every_storage_call_even_a_hanging_one(s3: S3B
     await worker(s3).start('hang', CountDown(), CountDownState(counter=1))
     # Default retry bounds (12 attempts, 60 s) and a 30 s read timeout: without the deadline this takes minutes.
     hanging = worker(
-        s3, client_settings=through(proxy), retry=RetryPolicy(), budget=StepBudget(reserve=0.5, storage_margin=1.0)
+        s3, client_settings=through(proxy), retry=RetryPolicy(), budget=StepBudget(reserve=0.5, storage_margin=10.0)
     )
     proxy.inject(Fault(timeout=True, method='GET', times=None))
-    deadline = time.monotonic() + 4.0
+    # Every GET hangs, so the storage calls end at the deadline less the margin: 10 s before it, which no slow
+    # machine's lag uses up.
+    deadline = time.monotonic() + 15.0
     with pytest.raises(DeadlineExceededError, match=r's3://.*/runs/hang\.json: deadline reached'):
         await hanging.advance('hang', deadline=deadline)
     assert time.monotonic() < deadline
@@ -159,13 +161,15 @@ async def test_the_deadline_bounds_every_storage_call_even_a_hanging_one(s3: S3B
 
 
 async def test_the_deadline_stops_retries_before_the_retry_policy_does(s3: S3Bucket, proxy: FaultProxy) -> None:
-    persistence = s3.persistence('retried', client_settings=through(proxy), retry=RetryPolicy(max_elapsed=60))
+    # A policy that would go on for 10 minutes: stopping long before that can only be the deadline's doing.
+    policy = RetryPolicy(max_attempts=1000, max_elapsed=600)
+    persistence = s3.persistence('retried', client_settings=through(proxy), retry=policy)
     persistence.set_graph_types(count_down_graph)
     proxy.inject(Fault(status=503, method='PUT', times=None))
     deadline = time.monotonic() + 2.0
     with storage_deadline(deadline), pytest.raises(DeadlineExceededError, match='last error: PutObject: SlowDown'):
         await persistence.snapshot_node(CountDownState(1), CountDown())
-    assert time.monotonic() < deadline + 1.0  # at the deadline, not after the policy's 12 attempts / 60 s
+    assert time.monotonic() < deadline + 30.0  # at the deadline (a slow machine may lag), not after 10 minutes
 
 
 # --- 8. errors classified right -----------------------------------------------------------------------------------

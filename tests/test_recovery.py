@@ -25,27 +25,21 @@ from pydantic_graph_s3 import ClaimLostError, S3PersistenceError, S3StatePersist
 from pydantic_graph_s3.examples.count_down import CountDown, CountDownState, count_down_graph
 from pydantic_graph_s3.serverless import GraphWorker
 
-from .conftest import S3Bucket
+from .conftest import FRESH, S3Bucket
 from .support.fixtures import new_session
 
 pytestmark = pytest.mark.anyio
 
-STALE = timedelta(seconds=0.4)
-# Where a test needs a claim to still be fresh when it looks: long enough for a slow first write (SeaweedFS
-# allocates a new bucket's volumes lazily), as a claim's time is taken before its write is sent.
-FRESH = timedelta(seconds=2)
+# Claims go stale only when a test ages them (`S3Bucket.backdate_claims`), never because the machine is slow: a
+# claim that went stale while a test was still using it (a loser's retry coming late) would make a second winner.
 
 
 def worker(s3: S3Bucket, run_id: str, *, graph: Graph[Any, Any, Any] = count_down_graph, **overrides: Any) -> Any:
     """A persistence with claims on, and a session (client, connection pool) of its own, as another process has."""
-    options: dict[str, Any] = {'reclaim_after': STALE, 'session': new_session(s3.endpoint), **overrides}
+    options: dict[str, Any] = {'reclaim_after': FRESH, 'session': new_session(s3.endpoint), **overrides}
     persistence = s3.persistence(run_id, **options)
     persistence.set_graph_types(graph)
     return persistence
-
-
-async def stale(after: timedelta = STALE) -> None:
-    await anyio.sleep(after.total_seconds() + 0.05)
 
 
 async def started_run(s3: S3Bucket, run_id: str, counter: int = 1) -> str:
@@ -56,12 +50,12 @@ async def started_run(s3: S3Bucket, run_id: str, counter: int = 1) -> str:
 
 async def test_a_fresh_claim_is_not_taken_a_stale_one_is(s3: S3Bucket) -> None:
     snapshot_id = await started_run(s3, 'stale-pending')
-    crashed = worker(s3, 'stale-pending', reclaim_after=FRESH)
+    crashed = worker(s3, 'stale-pending')
     assert (await crashed.load_next()) is not None  # ...and then the process dies
 
-    survivor = worker(s3, 'stale-pending', reclaim_after=FRESH)
-    assert await survivor.load_next() is None, 'a fresh claim belongs to its worker'
-    await stale(FRESH)
+    assert await worker(s3, 'stale-pending').load_next() is None, 'a fresh claim belongs to its worker'
+    await s3.backdate_claims(crashed.key)  # a day passes
+    survivor = worker(s3, 'stale-pending')
     reclaimed = await survivor.load_next()
     assert reclaimed is not None and reclaimed.id == snapshot_id and reclaimed.status == 'pending'
     record = await survivor.load_record()
@@ -91,7 +85,7 @@ async def test_a_slow_worker_cannot_append_a_second_successor(s3: S3Bucket) -> N
     assert await slow.load_next() is not None
     async with slow.record_run(snapshot_id):
         # The slow worker's node outlives reclaim_after: another takes the step over and completes it.
-        await stale()
+        await s3.backdate_claims(slow.key)
         survivor = worker(s3, 'zombie')
         async with count_down_graph.iter_from_persistence(survivor) as run:
             assert await run.next() == CountDown()
@@ -109,7 +103,7 @@ async def test_a_slow_worker_cannot_record_an_error_either(s3: S3Bucket) -> None
     slow = worker(s3, 'zombie-error')
     with pytest.raises(ClaimLostError) as caught:
         async with slow.record_run(snapshot_id):
-            await stale()
+            await s3.backdate_claims(slow.key)
             assert await worker(s3, 'zombie-error').load_next() is not None
             raise RuntimeError('the node failed, too late')
     assert isinstance(caught.value.__context__, RuntimeError)
@@ -176,9 +170,9 @@ async def test_claims_keep_the_object_loadable_by_file_persistence(s3: S3Bucket,
 async def test_max_attempts_marks_the_snapshot_error_with_the_reason(s3: S3Bucket) -> None:
     snapshot_id = await started_run(s3, 'give-up')
     assert await worker(s3, 'give-up', max_attempts=2).load_next() is not None
-    await stale()
+    await s3.backdate_claims('runs/give-up.json')
     assert await worker(s3, 'give-up', max_attempts=2).load_next() is not None  # attempt 2, dies too
-    await stale()
+    await s3.backdate_claims('runs/give-up.json')
     assert await worker(s3, 'give-up', max_attempts=2).load_next() is None
     record = await worker(s3, 'give-up').load_record()
     (snapshot,) = record.snapshots
@@ -196,7 +190,7 @@ async def test_max_attempts_marks_the_snapshot_error_with_the_reason(s3: S3Bucke
 async def test_concurrent_reclaims_have_one_winner(s3: S3Bucket) -> None:
     await started_run(s3, 'reclaim-race')
     assert await worker(s3, 'reclaim-race').load_next() is not None
-    await stale()
+    await s3.backdate_claims('runs/reclaim-race.json')
     claims: list[Any] = []
 
     async def claim() -> None:
@@ -246,11 +240,11 @@ async def test_worker_reclaims_a_stale_step_and_a_fresh_claim_stays_busy(
     survivor = GraphWorker(count_down_graph, bucket=s3.bucket, prefix='runs/', **s3.options())
     assert survivor.persistence('w').reclaim_after == FRESH, 'reclaim_after comes from the environment'
     await survivor.start('w', CountDown(), CountDownState(2))
-    assert await worker(s3, 'w', reclaim_after=FRESH).load_next() is not None  # a worker claims the step and dies
+    assert await worker(s3, 'w').load_next() is not None  # a worker claims the step and dies
 
     busy = await survivor.advance('w')
     assert (busy.status, busy.steps, busy.next_node) == ('busy', 0, 'CountDown')
-    await stale(FRESH)
+    await s3.backdate_claims('runs/w.json')
     done = await survivor.advance('w')
     assert (done.status, done.steps, done.output) == ('done', 3, 0)
     history = await worker(s3, 'w').load_all()
@@ -260,7 +254,7 @@ async def test_worker_reclaims_a_stale_step_and_a_fresh_claim_stays_busy(
 async def test_a_worker_whose_step_was_taken_over_answers_busy(s3: S3Bucket) -> None:
     EXECUTIONS.clear()
     RESUMED.clear()
-    options = {**s3.options(), 'reclaim_after': STALE}
+    options = {**s3.options(), 'reclaim_after': FRESH}
     slow = GraphWorker(pause_graph, bucket=s3.bucket, prefix='runs/', max_steps=1, **options)
     fast = GraphWorker(pause_graph, bucket=s3.bucket, prefix='runs/', max_steps=1, **options)
     await slow.start('taken', Pause(), CountDownState(1))
@@ -271,7 +265,11 @@ async def test_a_worker_whose_step_was_taken_over_answers_busy(s3: S3Bucket) -> 
 
     async with anyio.create_task_group() as group:
         group.start_soon(advance_slowly)
-        await stale()
+        with anyio.fail_after(600):  # a safety net only: the slow worker's node starts, however long that takes
+            while not EXECUTIONS:  # noqa: ASYNC110 (appended by the node, in the task group)
+                await anyio.sleep(0.01)
+        # The slow worker's node outlives reclaim_after: another takes the step over and completes it.
+        await s3.backdate_claims('runs/taken.json')
         taken = await fast.advance('taken')
         RESUMED.append(True)
     assert (taken.status, taken.steps, taken.next_node) == ('running', 1, 'Pause')
@@ -286,7 +284,7 @@ async def test_a_worker_whose_step_was_taken_over_answers_busy(s3: S3Bucket) -> 
 
 async def test_recover_run_makes_a_stuck_step_runnable_now_and_fences_its_old_worker(s3: S3Bucket) -> None:
     snapshot_id = await started_run(s3, 'stuck')
-    old = worker(s3, 'stuck', reclaim_after=FRESH)
+    old = worker(s3, 'stuck')
     assert await old.load_next() is not None  # its worker is gone, and reclaim_after is far off
     assert await recover_run(worker(s3, 'stuck')) == [snapshot_id]
     assert await recover_run(worker(s3, 'stuck')) == [], 'nothing left to recover'

@@ -173,14 +173,15 @@ async def test_max_steps_from_the_environment(s3: S3Bucket, monkeypatch: pytest.
 async def test_advance_stops_before_the_deadline_with_a_learned_margin(s3: S3Bucket) -> None:
     budget = StepBudget(reserve=0.1, factor=2.0)
     w = worker(s3, nap_graph, budget=budget)
-    await w.start('nap', Nap(seconds=0.2), CountDownState(counter=50))
-    deadline = time.monotonic() + 1.5
+    # Steps of 1 s, whose sleep dwarfs a slow machine's lag in the writes: the learned margin stays right.
+    await w.start('nap', Nap(seconds=1.0), CountDownState(counter=50))
+    deadline = time.monotonic() + 8.0
     result = await w.advance('nap', deadline=deadline)
     finished = time.monotonic()
     assert result.status == 'running'
     assert finished < deadline
-    # Each step takes 0.2 s plus its writes; it stops once under 0.1 + 2 x the longest step is left.
-    assert budget.longest >= 0.2
+    # Each step takes 1 s plus its writes; it stops once under 0.1 + 2 x the longest step is left.
+    assert budget.longest >= 1.0
     assert 2 <= result.steps <= 6
     assert deadline - finished < budget.reserve + (budget.factor + 1) * budget.longest
     snapshots = await history(s3, 'nap', nap_graph)
@@ -197,13 +198,14 @@ async def test_no_step_starts_without_time_for_it(s3: S3Bucket) -> None:
     assert result == StepResult(run_id='late', status='running', steps=0, next_node='Nap')
     assert await s3.get('runs/late.json') == before
 
-    # The learned step length counts too: with 0.2 s steps seen, 0.6 s is enough for a first step only.
-    budget.observe(0.2)
-    assert budget.margin(first=True) == pytest.approx(0.7)
-    assert budget.margin(first=False) == pytest.approx(0.9)
-    result = await w.advance('late', deadline=time.monotonic() + 0.6)
+    # The learned step length counts too: with 5 s steps seen, 10 s is enough for a first step only (sized so
+    # that a slow read before the first step still leaves it room, and the second can never fit).
+    budget.observe(5.0)
+    assert budget.margin(first=True) == pytest.approx(5.5)
+    assert budget.margin(first=False) == pytest.approx(10.5)
+    result = await w.advance('late', deadline=time.monotonic() + 5.4)
     assert result.steps == 0
-    result = await w.advance('late', deadline=time.monotonic() + 1.0)
+    result = await w.advance('late', deadline=time.monotonic() + 10.0)
     assert result.steps == 1
 
 
