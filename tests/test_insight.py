@@ -244,7 +244,7 @@ async def test_stats_counts_runs_by_status_from_heads_only(s3: S3Bucket) -> None
     await s3.put('runs/nested/other.json', b'[]')
 
     runs = store(s3, page_size=3)
-    summary = await runs.stats(stuck_after=timedelta(minutes=15))
+    summary = await runs.stats(stuck_after=timedelta(minutes=15), remember=False)
 
     assert summary.runs == 6
     assert dict(summary.by_status) == {
@@ -261,7 +261,7 @@ async def test_stats_counts_runs_by_status_from_heads_only(s3: S3Bucket) -> None
     assert (summary.headless_objects, summary.headless_bytes) == (1, 50)
     assert summary.snapshots.total == 3 + 1 + 3 + 1 + 1, 'ended, waiting, failed, active, stuck (junk has none)'
     assert summary.oldest_active is not None and summary.oldest_active.run_id in ('waiting', 'active', 'stuck')
-    # One listing pass (9 objects in pages of 3) and one GET per head, nothing else.
+    # One listing pass (9 objects in pages of 3) and one GET per head, nothing else: nothing remembered.
     assert (runs.request_stats.lists, runs.request_stats.gets, runs.request_stats.puts) == (3, 6, 0)
     assert summary.requests == 9
 
@@ -278,15 +278,20 @@ async def _listing(s3: S3Bucket) -> dict[str, int]:
     return {item['Key']: item['Size'] for item in response.get('Contents', [])}
 
 
-@pytest.mark.timeout(300)
-def test_stats_benchmark_costs_one_listing_pass_and_one_get_per_run() -> None:
-    """`python -m benchmarks.stats`, scaled down: past one listing page, every run read once, no history object."""
-    runs = 1001
-    command = [sys.executable, '-m', 'benchmarks.stats', '--runs', str(runs), '--json']
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=280)
+@pytest.mark.timeout(600)
+def test_stats_benchmark_reads_each_head_once_then_only_changed_ones() -> None:
+    """`python -m benchmarks.stats`, scaled down: past one listing page (pages of 100), every head read once cold,
+    none warm, and only the changed ones (every hundredth run) after a change."""
+    runs = 250
+    command = [sys.executable, '-m', 'benchmarks.stats', '--runs', str(runs), '--page-size', '100', '--json']
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=580)
     assert done.returncode == 0, done.stderr[-2000:]
     figures = json.loads(done.stdout.strip().splitlines()[-1])
-    assert figures['runs'] == runs and figures['objects'] == runs + 101, 'a history object for every tenth run'
-    assert (figures['stats_lists'], figures['stats_gets']) == (2, runs)
-    assert figures['stats_requests'] == 2 + runs
+    assert figures['runs'] == runs and figures['objects'] == runs + 25, 'a history object for every tenth run'
+    pages = 3  # 275 objects and, from the warm summary on, the memo
+    assert (figures['stats_lists'], figures['stats_gets']) == (pages, 1 + runs), 'the memo (missing), every head'
+    assert figures['stats_requests'] == pages + 1 + runs + 1, 'and the memo written'
+    assert (figures['warm_requests'], figures['warm_gets']) == (pages + 1, 1), 'the listing and the memo only'
+    assert figures['changed_runs'] == 3
+    assert (figures['changed_requests'], figures['changed_gets']) == (pages + 1 + 3 + 1, 1 + 3)
     assert sum(figures['by_status'].values()) == runs

@@ -382,11 +382,22 @@ def recover(
 
 @runs_app.command('stats')
 def stats(
-    bucket: BucketOption, prefix: PrefixOption = '', stuck_after: StuckAfterOption = 900.0, as_json: JsonOption = False
+    bucket: BucketOption,
+    prefix: PrefixOption = '',
+    stuck_after: StuckAfterOption = 900.0,
+    remember: Annotated[
+        bool,
+        typer.Option(
+            '--remember/--no-remember',
+            help='Keep what was read in PREFIX~usage.json, so the next summary reads only runs that changed '
+            '(--no-remember: read every run, write nothing).',
+        ),
+    ] = True,
+    as_json: JsonOption = False,
 ) -> None:
     """Usage summary: runs by status, objects and bytes per run, snapshots per run, the oldest unfinished run."""
     store = _store(bucket, prefix)
-    summary = _run(lambda: store.stats(stuck_after=timedelta(seconds=stuck_after)))
+    summary = _run(lambda: store.stats(stuck_after=timedelta(seconds=stuck_after), remember=remember))
     if as_json:
         _print_json(summary)
         return

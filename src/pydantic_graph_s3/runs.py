@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aioboto3
 import anyio
@@ -29,6 +29,7 @@ from pydantic_s3_cas import (
     CasStats,
     Change,
     ClientSettings,
+    Codec,
     CorruptObjectError,
     ObjectChangedError,
     ObjectExistsError,
@@ -36,6 +37,7 @@ from pydantic_s3_cas import (
     ObjectNotFoundError,
     ObjectTooLargeError,
     RetryPolicy,
+    S3PersistenceError,
     list_objects,
     shared_client,
     validate_bucket_name,
@@ -70,10 +72,12 @@ from .time_travel import (
     update_waiting_state,
     validated_state,
 )
-from .usage import HeadFacts, UsageStats, UsageTally, read_head
+from .usage import USAGE_MEMO, HeadFacts, UsageMemo, UsageStats, UsageTally, read_head, usage_memo_key
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
+
+T = TypeVar('T')
 
 __all__ = ('RunStore', 'RunSummary', 'RunHistory', 'SnapshotRow', 'PruneOutcome', 'format_duration')
 
@@ -368,21 +372,15 @@ class RunStore:
         """Delete segments whose run has no head (a crashed import, or a delete cut short), written before the
         cutoff: an import in progress creates its segments just before its head."""
         heads: set[str] = set()
-        orphans: list[ObjectInfo] = []
-        async for page in list_objects(
-            self._client, self.bucket, self.prefix, retry=self.retry, stats=self.request_stats, logger=logger
-        ):
+        segments: list[tuple[str, ObjectInfo]] = []
+        async for page in self._pages():
             for info in page:
-                name = info.key[len(self.prefix) :]
-                if '/' in name:
-                    continue
-                if '~' in name:
-                    orphans.append(info)
-                elif name.endswith('.json'):
-                    heads.add(name.removesuffix('.json'))
-        for info in orphans:
-            run_id = info.key[len(self.prefix) :].split('~', 1)[0]
-            if run_id not in heads and info.last_modified < written_before:
+                if (owner := self._owner_of(info.key)) is not None:
+                    segments.append((owner, info))
+                elif (run_id := self._run_id_of(info.key)) is not None:
+                    heads.add(run_id)
+        for owner, info in segments:
+            if owner not in heads and info.last_modified < written_before:
                 await self._object(info.key).delete(info.etag)
 
     async def _assemble(self, key: str, head_body: bytes) -> bytes:
@@ -484,43 +482,64 @@ class RunStore:
             raise ObjectChangedError(self.bucket, key, etag, operation)
         return Version(etag, body)
 
-    async def stats(self, *, stuck_after: timedelta = timedelta(minutes=15), now: datetime | None = None) -> UsageStats:
+    async def stats(
+        self, *, stuck_after: timedelta = timedelta(minutes=15), now: datetime | None = None, remember: bool = True
+    ) -> UsageStats:
         """A usage summary of every run under the prefix: runs by status, objects and bytes, snapshots per run.
 
-        One listing pass, and one GET per run of its head only (`read_concurrency` at once, started while the
-        listing goes on), parsed as plain JSON: no graph is needed. A run whose last node has been claimed for
-        longer than `stuck_after` (by `now`, default the current time) is `stuck`. See `UsageStats`.
+        One listing pass, and a GET of the head (only) of each run whose head changed since the last summary
+        (`read_concurrency` at once, started while the listing goes on), parsed as plain JSON: no graph is
+        needed. With `remember` (the default), what was read is kept in `{prefix}~usage.json` for the next
+        summary: one GET and, when something changed, one PUT; without it, nothing is written and every head is
+        read. A run whose last node has been claimed for longer than `stuck_after` (by `now`, default the current
+        time) is `stuck`. See `UsageStats`.
         """
         if stuck_after <= timedelta(0):
             raise ValueError(f'stuck_after must be positive, got {stuck_after}')
-        now = datetime.now(tz=UTC) if now is None else now
-        tally = UsageTally(stuck_after)
+        tally = UsageTally(datetime.now(tz=UTC) if now is None else now, stuck_after)
         requests_before = self.request_stats.requests
+        memo_object = self._cas_object(usage_memo_key(self.prefix), USAGE_MEMO)
+        memo, memo_etag = await memo_object.load_versioned() if remember else (UsageMemo(), None)
         limiter = anyio.CapacityLimiter(self.read_concurrency)
 
         async def read_head_of(run_id: str, info: ObjectInfo) -> None:
             async with limiter:
                 try:
-                    body, _ = await self._read(info.key)
+                    body, etag = await self._read(info.key)
                 except ObjectNotFoundError:
                     tally.forget_object(run_id, info.size)  # deleted since it was listed
                     return
                 except ObjectTooLargeError:
-                    tally.add_head(run_id, HeadFacts(0, 'unreadable'), info.last_modified)
+                    tally.add_head(run_id, HeadFacts(0, 'unreadable'), info.etag, info.last_modified)
                     return
-            tally.add_head(
-                run_id, read_head(body, info.last_modified, now=now, stuck_after=stuck_after), info.last_modified
-            )
+            tally.add_head(run_id, read_head(body, info.last_modified), etag, info.last_modified)
 
         async with anyio.create_task_group() as group:
             async for page in self._pages():
                 for info in page:
                     if (run_id := self._run_id_of(info.key)) is not None:
                         tally.add_object(run_id, info.size)
-                        group.start_soon(read_head_of, run_id, info)
+                        if (known := memo.facts(run_id, info.etag)) is not None:
+                            tally.add_head(run_id, known, info.etag, info.last_modified)
+                        else:
+                            group.start_soon(read_head_of, run_id, info)
                     elif (owner := self._owner_of(info.key)) is not None:
                         tally.add_object(owner, info.size)
+        if remember and (latest := tally.memo()) != memo:
+            await self._remember(memo_object, latest, missing=memo_etag is None)
         return tally.result(self.request_stats.requests - requests_before)
+
+    async def _remember(self, memo_object: CasObject[UsageMemo], memo: UsageMemo, *, missing: bool) -> None:
+        """Keep the summary's reads for the next one. The memo is only a cache: failing to write it (no
+        s3:PutObject on it, say) costs the next summary its reads, so it is logged, not raised."""
+        try:
+            await memo_object.update(lambda _: Change(memo, None), expect_missing=missing)
+        except S3PersistenceError as e:
+            logger.warning(
+                'usage memo %s not written (%s): the next summary reads every head again',
+                memo_object.key,
+                type(e).__name__,
+            )
 
     def _pages(self) -> AsyncIterator[list[ObjectInfo]]:
         """Every object under the prefix, a listing page at a time."""
@@ -597,10 +616,13 @@ class RunStore:
         return body, etag
 
     def _object(self, key: str) -> CasObject[bytes | None]:
+        return self._cas_object(key, _Raw())
+
+    def _cas_object(self, key: str, codec: Codec[T]) -> CasObject[T]:
         return CasObject(
             bucket=self.bucket,
             key=key,
-            codec=_Raw(),
+            codec=codec,
             client=self._client,
             retry=self.retry,
             max_object_bytes=self.max_object_bytes,

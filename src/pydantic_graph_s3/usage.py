@@ -6,6 +6,11 @@ validated against a graph: the number of snapshots and the last one's status, cl
 summary needs.
 Objects whose key holds a `~` (`{prefix}{run_id}~...`) belong to the run named before the `~`: they add to that
 run's objects and bytes, and are never counted as runs.
+
+What was read from each head is remembered in `{prefix}~usage.json` (`UsageMemo`), under the ETag the listing
+shows for it. The next summary reads again only the heads whose ETag changed: a finished run never changes, so
+on a prefix of mostly finished runs a summary costs its listing pages and two requests. S3 lists ETags with
+strong consistency, so a remembered fact is only ever used for the very bytes it was read from.
 """
 
 from __future__ import annotations as _annotations
@@ -14,13 +19,24 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Any, Literal, get_args
 
 import pydantic_core
 
 from .layout import Element, decode_head
 
-__all__ = ('RunStatus', 'Distribution', 'RunAge', 'UsageStats', 'HeadFacts', 'read_head', 'UsageTally')
+__all__ = (
+    'RunStatus',
+    'Distribution',
+    'RunAge',
+    'UsageStats',
+    'HeadFacts',
+    'read_head',
+    'UsageTally',
+    'UsageMemo',
+    'USAGE_MEMO',
+    'usage_memo_key',
+)
 
 RunStatus = Literal['active', 'waiting', 'ended', 'failed', 'stuck', 'unreadable']
 """What a run is doing, from its last snapshot.
@@ -92,16 +108,28 @@ class UsageStats:
     """Requests this summary cost: listing pages plus one GET per head."""
 
 
+Phase = Literal['claimed', 'waiting', 'ended', 'failed', 'unreadable']
+"""What a head says on its own; `claimed` becomes `active` or `stuck` by the claim's age when the summary is made."""
+
+
 @dataclass(frozen=True)
 class HeadFacts:
-    """What the summary needs from a run's head."""
+    """What the summary needs from a run's head: facts of its bytes alone, so they can be remembered by ETag."""
 
     snapshots: int
-    status: RunStatus
+    phase: Phase
+    claimed_at: datetime | None = None
+    """When the last node was claimed (`claimed` only)."""
+
+    def status(self, now: datetime, stuck_after: timedelta) -> RunStatus:
+        if self.phase != 'claimed':
+            return self.phase
+        assert self.claimed_at is not None
+        return 'stuck' if now - self.claimed_at > stuck_after else 'active'
 
 
-def read_head(body: bytes, last_written: datetime, *, now: datetime, stuck_after: timedelta) -> HeadFacts:
-    """The snapshot count and status of a run from its head alone (see `layout`): the head counts the snapshots
+def read_head(body: bytes, last_written: datetime) -> HeadFacts:
+    """The snapshot count and phase of a run from its head alone (see `layout`): the head counts the snapshots
     sealed in other objects, and its last snapshot is always its own. A head that does not decode is
     `unreadable`, with 0 snapshots."""
     try:
@@ -110,17 +138,14 @@ def read_head(body: bytes, last_written: datetime, *, now: datetime, stuck_after
         return HeadFacts(0, 'unreadable')
     if not head.snapshots:
         return HeadFacts(0, 'waiting')
-    return HeadFacts(head.total_snapshots, _status_of(head.snapshots[-1], last_written, now, stuck_after))
-
-
-def _status_of(last: Element, last_written: datetime, now: datetime, stuck_after: timedelta) -> RunStatus:
+    last = head.snapshots[-1]
     if last.kind == 'end':
-        return 'ended'
+        return HeadFacts(head.total_snapshots, 'ended')
     if last.status == 'error':
-        return 'failed'
+        return HeadFacts(head.total_snapshots, 'failed')
     if last.status == 'created':
-        return 'waiting'
-    return 'stuck' if now - _claimed_at(last, last_written) > stuck_after else 'active'
+        return HeadFacts(head.total_snapshots, 'waiting')
+    return HeadFacts(head.total_snapshots, 'claimed', _claimed_at(last, last_written))
 
 
 def _claimed_at(snapshot: Element, last_written: datetime) -> datetime:
@@ -140,18 +165,86 @@ def _claimed_at(snapshot: Element, last_written: datetime) -> datetime:
     return last_written
 
 
+USAGE_MEMO_NAME = '~usage.json'
+"""The memo's name under the prefix: a `~` never occurs in a run id, so it is never taken for a run."""
+
+
+def usage_memo_key(prefix: str) -> str:
+    return f'{prefix}{USAGE_MEMO_NAME}'
+
+
+@dataclass(frozen=True)
+class UsageMemo:
+    """The facts read from each run's head, by run id, with the ETag of the bytes they were read from."""
+
+    heads: Mapping[str, tuple[str, HeadFacts]] = field(default_factory=dict)
+
+    def facts(self, run_id: str, etag: str) -> HeadFacts | None:
+        """What the head with this ETag says, if it was read before (`None`: read it)."""
+        known = self.heads.get(run_id)
+        return known[1] if known is not None and known[0] == etag else None
+
+
+_MEMO_FORMAT = 'usage-1'
+_PHASES: frozenset[str] = frozenset(get_args(Phase))
+
+
+class UsageMemoCodec:
+    """The memo as JSON: `{"pydantic_graph_s3": "usage-1", "heads": {run_id: [etag, snapshots, phase, claimed_at]}}`.
+
+    It is a cache, so bytes it does not recognise (a future format, a damaged object) decode to an empty memo,
+    which costs one full read of the heads and is then written over, instead of failing the summary.
+    """
+
+    def decode(self, body: bytes) -> UsageMemo:
+        try:
+            document = pydantic_core.from_json(body)
+            if document.get('pydantic_graph_s3') != _MEMO_FORMAT:
+                return UsageMemo()
+            return UsageMemo({run_id: _decode_entry(entry) for run_id, entry in document['heads'].items()})
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return UsageMemo()
+
+    def encode(self, value: UsageMemo) -> bytes:
+        heads = {run_id: _encode_entry(etag, facts) for run_id, (etag, facts) in sorted(value.heads.items())}
+        return pydantic_core.to_json({'pydantic_graph_s3': _MEMO_FORMAT, 'heads': heads})
+
+    def empty(self) -> UsageMemo:
+        return UsageMemo()
+
+
+USAGE_MEMO = UsageMemoCodec()
+
+
+def _encode_entry(etag: str, facts: HeadFacts) -> list[Any]:
+    claimed_at = None if facts.claimed_at is None else facts.claimed_at.isoformat()
+    return [etag, facts.snapshots, facts.phase, claimed_at]
+
+
+def _decode_entry(entry: Any) -> tuple[str, HeadFacts]:
+    etag, snapshots, phase, claimed_at = entry
+    if not isinstance(etag, str) or not isinstance(snapshots, int) or phase not in _PHASES:
+        raise ValueError('not a memo entry')
+    claimed = None if claimed_at is None else datetime.fromisoformat(claimed_at)
+    if (phase == 'claimed') != (claimed is not None):
+        raise ValueError('a claimed phase needs its claim time, and only it has one')
+    return etag, HeadFacts(snapshots, phase, claimed)
+
+
 @dataclass
 class _RunTally:
     objects: int = 0
     bytes: int = 0
     facts: HeadFacts | None = None
+    etag: str | None = None
     last_written: datetime | None = None
 
 
 @dataclass
 class UsageTally:
-    """The summary being built: objects as the listing shows them, heads as they are read."""
+    """The summary being built: objects as the listing shows them, heads as they are read or remembered."""
 
+    now: datetime
     stuck_after: timedelta
     runs: dict[str, _RunTally] = field(default_factory=dict)
 
@@ -167,41 +260,53 @@ class UsageTally:
         if tally.objects == 0:
             del self.runs[run_id]
 
-    def add_head(self, run_id: str, facts: HeadFacts, last_written: datetime) -> None:
+    def add_head(self, run_id: str, facts: HeadFacts, etag: str, last_written: datetime) -> None:
         tally = self.runs.setdefault(run_id, _RunTally())
-        tally.facts, tally.last_written = facts, last_written
+        tally.facts, tally.etag, tally.last_written = facts, etag, last_written
+
+    def memo(self) -> UsageMemo:
+        """What was read or remembered this time, for the next summary."""
+        return UsageMemo(
+            {
+                run_id: (tally.etag, tally.facts)
+                for run_id, tally in self.runs.items()
+                if tally.facts is not None and tally.etag is not None
+            }
+        )
 
     def result(self, requests: int) -> UsageStats:
         heads = {run_id: tally for run_id, tally in self.runs.items() if tally.facts is not None}
         headless = [tally for tally in self.runs.values() if tally.facts is None]
+        statuses = {run_id: self._status(tally) for run_id, tally in heads.items()}
         by_status: dict[RunStatus, int] = dict.fromkeys(RUN_STATUSES, 0)
-        for tally in heads.values():
-            assert tally.facts is not None
-            by_status[tally.facts.status] += 1
+        for status in statuses.values():
+            by_status[status] += 1
         return UsageStats(
             runs=len(heads),
             by_status=by_status,
             objects=Distribution.of(tally.objects for tally in heads.values()),
             bytes=Distribution.of(tally.bytes for tally in heads.values()),
             snapshots=Distribution.of(_snapshot_counts(heads.values())),
-            oldest_active=_oldest_active(heads),
+            oldest_active=_oldest_active(heads, statuses),
             stuck_after=self.stuck_after,
             headless_objects=sum(tally.objects for tally in headless),
             headless_bytes=sum(tally.bytes for tally in headless),
             requests=requests,
         )
 
+    def _status(self, tally: _RunTally) -> RunStatus:
+        assert tally.facts is not None
+        return tally.facts.status(self.now, self.stuck_after)
+
 
 def _snapshot_counts(tallies: Iterable[_RunTally]) -> Sequence[int]:
-    return [t.facts.snapshots for t in tallies if t.facts is not None and t.facts.status != 'unreadable']
+    return [t.facts.snapshots for t in tallies if t.facts is not None and t.facts.phase != 'unreadable']
 
 
-def _oldest_active(heads: Mapping[str, _RunTally]) -> RunAge | None:
+def _oldest_active(heads: Mapping[str, _RunTally], statuses: Mapping[str, RunStatus]) -> RunAge | None:
     open_runs = [
-        RunAge(run_id, tally.facts.status, tally.last_written)
+        RunAge(run_id, statuses[run_id], tally.last_written)
         for run_id, tally in heads.items()
-        if tally.facts is not None
-        and tally.last_written is not None
-        and tally.facts.status in ('active', 'waiting', 'stuck')
+        if tally.last_written is not None and statuses[run_id] in ('active', 'waiting', 'stuck')
     ]
     return min(open_runs, key=lambda run: (run.last_written, run.run_id), default=None)
