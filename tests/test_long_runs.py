@@ -359,3 +359,21 @@ async def test_load_tail_reads_only_the_head(s3: S3Bucket) -> None:
     assert persistence.stats.gets == 1, 'no segment read'
     history = await persistence.load_all()
     assert len(tail.snapshots) < len(history) and tail.snapshots == history[-len(tail.snapshots) :]
+
+
+async def test_a_missing_segment_is_reported_alike_by_a_worker_and_an_export(s3: S3Bucket, tmp_path: Path) -> None:
+    """Sealed history has one reader: a segment gone is `CorruptObjectError` naming it, never a shorter history."""
+    persistence = s3.persistence('holed')
+    await pad_graph.run(Pad(), state=PadState(12, 'x' * PAD), persistence=persistence)
+    head = decode_head((await s3.get(persistence.key))[0])
+    missing = segment_key(persistence.key, head.segment_id or '', 2)
+    await s3.raw.delete_object(Bucket=s3.bucket, Key=missing)
+
+    fresh = s3.persistence('holed')
+    fresh.set_graph_types(pad_graph)
+    with pytest.raises(CorruptObjectError, match='segment 2 of the run is missing') as from_worker:
+        await fresh.load_all()
+    with pytest.raises(CorruptObjectError, match='segment 2 of the run is missing') as from_export:
+        await RunStore(s3.bucket, 'runs/', **s3.options()).export_run('holed', tmp_path / 'holed.json')
+    assert missing in str(from_worker.value) and missing in str(from_export.value)
+    assert not (tmp_path / 'holed.json').exists()

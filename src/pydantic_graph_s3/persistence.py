@@ -494,28 +494,7 @@ class S3StatePersistence(BaseStatePersistence[StateT, RunEndT]):
         return RunRecord(snapshots, {e.id: e.claim for e in elements if e.claim is not None})
 
     async def _read_sealed(self, head: RunHead) -> None:
-        """Extend `_sealed` to every segment `head` counts, checking that they add up to what it says."""
-        if head.segment_id is None or self._sealed.covers(head):
-            return
-        sealed = self._sealed if self._sealed.segment_id == head.segment_id else Sealed(head.segment_id)
-        elements = list(sealed.elements)
-        for seq in range(sealed.count + 1, head.sealed_segments + 1):
-            key = segment_key(self.key, head.segment_id, seq)
-            body = await self._cas().read_object(key)
-            if body is None:
-                raise CorruptObjectError(self.bucket, key, f'segment {seq} of the run is missing')
-            try:
-                elements.extend(decode_segment(body))
-            except ValueError as e:
-                raise CorruptObjectError(self.bucket, key, str(e).splitlines()[0]) from e
-        ids = {e.id for e in elements} | {e.id for e in head.snapshots}
-        if len(elements) != head.sealed_snapshots or len(ids) != head.total_snapshots:
-            raise CorruptObjectError(
-                self.bucket,
-                self.key,
-                f'segments hold {len(elements)} snapshot(s), the head counts {head.sealed_snapshots}, or ids repeat',
-            )
-        self._sealed = Sealed(head.segment_id, head.sealed_segments, tuple(elements))
+        self._sealed = await read_sealed(self._cas(), head, self._sealed)
 
     def _context(self) -> RunContext:
         return RunContext(self.key, self._types(), self._sealed, self._cas().server_now)
@@ -566,3 +545,31 @@ def _detached(snapshot: S) -> S:
 
 def _new_token() -> str:
     return uuid.uuid4().hex
+
+
+async def read_sealed(run: CasObject[Any], head: RunHead, known: Sealed | None = None) -> Sealed:
+    """Every segment that `head` (of the run object `run`) counts, read on from what is `known` already, checked to
+    add up to what the head says: the one reader of sealed history, for workers and for operators alike."""
+    if head.segment_id is None:
+        return Sealed()
+    if known is not None and known.covers(head):
+        return known
+    sealed = known if known is not None and known.segment_id == head.segment_id else Sealed(head.segment_id)
+    elements = list(sealed.elements)
+    for seq in range(sealed.count + 1, head.sealed_segments + 1):
+        key = segment_key(run.key, head.segment_id, seq)
+        body = await run.read_object(key)
+        if body is None:
+            raise CorruptObjectError(run.bucket, key, f'segment {seq} of the run is missing')
+        try:
+            elements.extend(decode_segment(body))
+        except ValueError as e:
+            raise CorruptObjectError(run.bucket, key, str(e).splitlines()[0]) from e
+    ids = {e.id for e in elements} | {e.id for e in head.snapshots}
+    if len(elements) != head.sealed_snapshots or len(ids) != head.total_snapshots:
+        raise CorruptObjectError(
+            run.bucket,
+            run.key,
+            f'segments hold {len(elements)} snapshot(s), the head counts {head.sealed_snapshots}, or ids repeat',
+        )
+    return Sealed(head.segment_id, head.sealed_segments, tuple(elements))

@@ -45,7 +45,6 @@ from pydantic_s3_cas import (
 
 from .layout import (
     decode_head,
-    decode_segment,
     encode_head,
     render_list,
     seal,
@@ -57,6 +56,7 @@ from .persistence import (
     decode_snapshot_list,
     graph_types,
     logger,
+    read_sealed,
     run_object_key,
     validate_prefix,
     validate_run_id,
@@ -391,19 +391,8 @@ class RunStore:
             raise CorruptObjectError(self.bucket, key, str(e).splitlines()[0]) from e
         if not head.segmented:
             return head_body
-        raws: list[bytes] = []
-        for seq in range(1, head.sealed_segments + 1):
-            segment = segment_key(key, head.segment_id or '', seq)
-            body, _ = await self._read(segment)
-            try:
-                raws.extend(e.raw for e in decode_segment(body))
-            except ValueError as e:
-                raise CorruptObjectError(self.bucket, segment, str(e).splitlines()[0]) from e
-        if len(raws) != head.sealed_snapshots:
-            raise CorruptObjectError(
-                self.bucket, key, f'its segments hold {len(raws)} snapshot(s), the head counts {head.sealed_snapshots}'
-            )
-        return render_list([*raws, *(e.raw for e in head.snapshots)])
+        sealed = await read_sealed(self._object(key), head)
+        return render_list([e.raw for e in (*sealed.elements, *head.snapshots)])
 
     async def _prune_one(self, run: RunSummary) -> PruneOutcome:
         try:
