@@ -21,9 +21,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, get_args
 
+import anyio
 import pydantic_core
 
+from pydantic_s3_cas import CasObject, Change, ObjectInfo, ObjectNotFoundError, ObjectTooLargeError, S3PersistenceError
+
 from .layout import Element, decode_head
+from .persistence import logger
+from .run_objects import RunObjects
 
 __all__ = (
     'RunStatus',
@@ -36,6 +41,7 @@ __all__ = (
     'UsageMemo',
     'USAGE_MEMO',
     'usage_memo_key',
+    'summarize_usage',
 )
 
 RunStatus = Literal['active', 'waiting', 'ended', 'failed', 'stuck', 'unreadable']
@@ -310,3 +316,54 @@ def _oldest_active(heads: Mapping[str, _RunTally], statuses: Mapping[str, RunSta
         if tally.last_written is not None and statuses[run_id] in ('active', 'waiting', 'stuck')
     ]
     return min(open_runs, key=lambda run: (run.last_written, run.run_id), default=None)
+
+
+async def summarize_usage(
+    objects: RunObjects, *, stuck_after: timedelta, now: datetime | None, remember: bool
+) -> UsageStats:
+    """See `RunStore.stats`."""
+    if stuck_after <= timedelta(0):
+        raise ValueError(f'stuck_after must be positive, got {stuck_after}')
+    tally = UsageTally(datetime.now(tz=UTC) if now is None else now, stuck_after)
+    requests_before = objects.request_stats.requests
+    memo_object = objects.cas_object(usage_memo_key(objects.prefix), USAGE_MEMO)
+    memo, memo_etag = await memo_object.load_versioned() if remember else (UsageMemo(), None)
+    limiter = anyio.CapacityLimiter(objects.read_concurrency)
+
+    async def read_head_of(run_id: str, info: ObjectInfo) -> None:
+        async with limiter:
+            try:
+                body, etag = await objects.read(info.key)
+            except ObjectNotFoundError:
+                tally.forget_object(run_id, info.size)  # deleted since it was listed
+                return
+            except ObjectTooLargeError:
+                tally.add_head(run_id, HeadFacts(0, 'unreadable'), info.etag, info.last_modified)
+                return
+        tally.add_head(run_id, read_head(body, info.last_modified), etag, info.last_modified)
+
+    async with anyio.create_task_group() as group:
+        async for page in objects.pages():
+            for info in page:
+                if (run_id := objects.run_id_of(info.key)) is not None:
+                    tally.add_object(run_id, info.size)
+                    if (known := memo.facts(run_id, info.etag)) is not None:
+                        tally.add_head(run_id, known, info.etag, info.last_modified)
+                    else:
+                        group.start_soon(read_head_of, run_id, info)
+                elif (owner := objects.owner_of(info.key)) is not None:
+                    tally.add_object(owner, info.size)
+    if remember and (latest := tally.memo()) != memo:
+        await _remember(memo_object, latest, missing=memo_etag is None)
+    return tally.result(objects.request_stats.requests - requests_before)
+
+
+async def _remember(memo_object: CasObject[UsageMemo], memo: UsageMemo, *, missing: bool) -> None:
+    """Keep the summary's reads for the next one. The memo is only a cache: failing to write it (no
+    s3:PutObject on it, say) costs the next summary its reads, so it is logged, not raised."""
+    try:
+        await memo_object.update(lambda _: Change(memo, None), expect_missing=missing)
+    except S3PersistenceError as e:
+        logger.warning(
+            'usage memo %s not written (%s): the next summary reads every head again', memo_object.key, type(e).__name__
+        )
