@@ -10,9 +10,6 @@ from __future__ import annotations as _annotations
 
 import asyncio
 import atexit
-import dataclasses
-import json
-import logging
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -20,18 +17,27 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Annotated, Any, Generic, Literal, Protocol, TypeVar
 
-import pydantic
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, TypeAdapter, field_validator
+from pydantic import Field, field_validator
 from pydantic_graph import BaseNode, End
 from pydantic_graph.exceptions import GraphNodeStatusError, GraphRuntimeError
 from pydantic_graph.graph import Graph, GraphRun
 from pydantic_graph.persistence import EndSnapshot, NodeSnapshot, Snapshot
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from pydantic_s3_cas import S3PersistenceError, quoted, shortened, storage_deadline, validate_bucket_name
+from pydantic_s3_cas import S3PersistenceError, storage_deadline, validate_bucket_name
 
-from ._messages import describe_validation_error, listed
-from .persistence import ClaimLostError, S3StatePersistence, validate_prefix, validate_run_id
+from .events import handle_event
+from .persistence import ClaimLostError, S3StatePersistence, validate_prefix
+from .wire import (
+    AdvanceRequest,
+    InvalidEventError,
+    Request,
+    RunNotFoundError,
+    StartDecoder,
+    StartRequest,
+    StepResult,
+    parse_request,
+)
 
 __all__ = (
     'GraphWorker',
@@ -54,89 +60,10 @@ StateT = TypeVar('StateT')
 DepsT = TypeVar('DepsT')
 RunEndT = TypeVar('RunEndT')
 
-logger = logging.getLogger(__name__)
-
-Status = Literal['running', 'done', 'failed', 'busy']
-
 DEFAULT_RECLAIM_AFTER = timedelta(seconds=15 * 60 + 60)
 """`GraphWorker`'s `reclaim_after` when neither the option nor `PYDANTIC_GRAPH_S3_RECLAIM_AFTER` sets one: Lambda's
 longest possible timeout (15 minutes), which bounds every step a Lambda worker runs, plus a minute for clock skew.
 A claim older than that belongs to a worker that is certainly dead, so taking it over cannot run a step twice."""
-
-
-class StepResult(BaseModel):
-    """What a `start` or `advance` call did and where the run stands; the Lambda handler returns it as a dict.
-
-    Every key is always present (`None` when it does not apply): the Step Functions definition selects them all.
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    run_id: str
-    status: Status
-    """`running`: there is a next step to run. `done`: the run ended (see `output`). `failed`: a node raised
-    (see `error`). `busy`: another worker holds the current step; ask again later."""
-    steps: int = 0
-    """Steps run by this call."""
-    next_node: str | None = None
-    """Node id of the step to run next (`running`), or being run by another worker (`busy`)."""
-    output: Any = None
-    """The `End` data of a `done` run."""
-    error: str | None = None
-    """What went wrong in a `failed` run: the exception type and node, never its message (which may quote state
-    values), e.g. `"ValueError: node CountDown failed (snapshot CountDown:...)"`."""
-    created: bool | None = None
-    """`start` only: whether this call created the run (`True`), or found it already there (`False`), in which
-    case the state and node it was given were discarded. `None` for `advance`."""
-
-
-class InvalidEventError(ValueError):
-    """The event is not a request this worker understands; nothing was read or written."""
-
-
-class RunNotFoundError(LookupError):
-    """The run to advance does not exist (it was never started, or it expired)."""
-
-
-RunId = Annotated[str, AfterValidator(validate_run_id)]
-
-
-class StartRequest(BaseModel):
-    """`{"action": "start", "run_id": ..., "node": {"node_id": ..., **fields}, "state": ...}`"""
-
-    model_config = ConfigDict(extra='forbid')
-
-    action: Literal['start']
-    run_id: RunId
-    node: dict[str, Any]
-    """The first node, as snapshots store it: its `node_id` and its fields."""
-    state: Any = None
-    """The start state, validated against the graph's state type."""
-
-
-class AdvanceRequest(BaseModel):
-    """`{"action": "advance", "run_id": ...}`, optionally with `max_steps`."""
-
-    model_config = ConfigDict(extra='forbid')
-
-    action: Literal['advance']
-    run_id: RunId
-    max_steps: StrictInt | None = Field(default=None, ge=1)
-    """An integer: `"1"`, `true` or `1.0` are refused, not guessed at."""
-
-
-Request = StartRequest | AdvanceRequest
-_REQUEST: TypeAdapter[Request] = TypeAdapter(Annotated[Request, Field(discriminator='action')])
-
-
-def parse_request(body: object) -> Request:
-    """The request in an event body, or `InvalidEventError` saying what is wrong with it."""
-    if isinstance(body, Mapping) and 'action' not in body:
-        raise InvalidEventError('invalid request: action: Field required (one of "start", "advance")')
-    try:
-        return _REQUEST.validate_python(body)
-    except pydantic.ValidationError as e:
-        raise InvalidEventError(f'invalid request: {describe_validation_error(e, own_schema=True)}') from None
 
 
 class WorkerSettings(BaseSettings):
@@ -248,9 +175,7 @@ class GraphWorker(Generic[StateT, DepsT, RunEndT]):
         self._prefix = prefix
         self._max_steps = max_steps
         self._settings: WorkerSettings | None = None
-        self._nodes = {node.get_node_id(): node for node in graph.get_nodes()}
-        self._node_adapters: dict[str, TypeAdapter[Any]] = {}
-        self._state_adapter: TypeAdapter[StateT] = TypeAdapter(graph.inferred_types[0])
+        self._decoder = StartDecoder(graph)
 
     def persistence(self, run_id: str) -> S3StatePersistence[StateT, RunEndT]:
         """A new persistence object for run `run_id`, with this graph's types set."""
@@ -374,92 +299,18 @@ class GraphWorker(Generic[StateT, DepsT, RunEndT]):
         return event_loop().run(self.handle(event, deadline=deadline))
 
     async def handle(self, event: Mapping[str, Any], *, deadline: float | None = None) -> dict[str, Any]:
-        """Answer one Lambda event.
-
-        - A direct or Step Functions event is a request (`StartRequest`, `AdvanceRequest`); the answer is the
-          `StepResult` as a dict. An invalid request raises `InvalidEventError` before anything is read or
-          written; a storage error raises too, so that Lambda and Step Functions retry it.
-        - An EventBridge event carries the request in `detail`, and is answered the same way.
-        - An SQS event is a batch of requests, one per record body, run concurrently; the answer is
-          `{"batchItemFailures": [...]}` naming the records to deliver again (see `_sqs_record`).
-        """
-        if not isinstance(event, Mapping):
-            raise InvalidEventError(f'invalid event: expected a JSON object, got {type(event).__name__}')
-        if 'Records' in event:
-            if len(event) > 1:
-                others = listed(sorted(str(key) for key in event if key != 'Records'))
-                raise InvalidEventError(f'invalid event: an SQS event (Records) that also has {others}: ambiguous')
-            return {'batchItemFailures': await self._sqs_batch(event['Records'], deadline)}
-        if 'detail-type' in event or 'detail' in event:
-            if not ('detail-type' in event and 'detail' in event) or 'action' in event:
-                raise InvalidEventError(
-                    'invalid event: an EventBridge event needs both detail-type and detail, and carries the '
-                    'request in detail only (not action at the top level): ambiguous'
-                )
-            body = event['detail']
-        else:
-            body = event
-        result = await self.dispatch(parse_request(body), deadline=deadline)
-        return result.model_dump(mode='json')
+        """Answer one Lambda event (see `events.handle_event`): a direct, Step Functions or EventBridge request is
+        answered with its `StepResult` as a dict, an SQS batch with the records to deliver again. An invalid
+        request raises `InvalidEventError` before anything is read or written; a storage error is raised too, so
+        that Lambda and Step Functions retry it."""
+        return await handle_event(event, deadline, lambda request, by: self.dispatch(request, deadline=by))
 
     async def dispatch(self, request: Request, *, deadline: float | None = None) -> StepResult:
         """Carry out one parsed request."""
         if isinstance(request, StartRequest):
-            node, state = self._start_arguments(request)
+            node, state = self._decoder.decode(request)
             return await self.start(request.run_id, node, state, deadline=deadline)
         return await self.advance(request.run_id, max_steps=request.max_steps, deadline=deadline)
-
-    async def _sqs_batch(self, records: object, deadline: float | None) -> list[dict[str, str]]:
-        if not isinstance(records, list) or not all(_is_sqs_record(r) for r in records):
-            raise InvalidEventError('invalid event: only SQS records are supported (eventSource "aws:sqs")')
-        done = await asyncio.gather(*(self._sqs_record(record, deadline) for record in records))
-        return [{'itemIdentifier': r['messageId']} for r, ok in zip(records, done, strict=True) if not ok]
-
-    async def _sqs_record(self, record: Mapping[str, Any], deadline: float | None) -> bool:
-        """Whether SQS may delete the record.
-
-        It may not when the record failed (an invalid body, so it ends in the dead-letter queue; a storage
-        error, so it is retried) or when its run is still `running` when time ran out: SQS delivering it
-        again is what keeps an SQS-driven run going. `busy`, `done` and `failed` records are finished with:
-        another worker has the run, or nothing more will happen to it.
-        """
-        try:
-            request = parse_request(json.loads(record['body']))
-            result = await self.dispatch(request, deadline=deadline)
-        except Exception as e:
-            # No traceback: pydantic errors in it show input values, and a node's exception may quote state.
-            logger.error('SQS message %s failed: %s', quoted(record['messageId']), _safe_description(e))
-            return False
-        if isinstance(request, AdvanceRequest) and result.status == 'running':
-            message = 'run %s is still running after %d steps: message %s goes back to the queue'
-            logger.info(message, result.run_id, result.steps, record['messageId'])
-            return False
-        return True
-
-    def _start_arguments(self, request: StartRequest) -> tuple[BaseNode[StateT, DepsT, RunEndT], StateT]:
-        node_id = request.node.get('node_id')
-        node_class = self._nodes.get(node_id) if isinstance(node_id, str) else None
-        if node_class is None:
-            known = ', '.join(sorted(self._nodes))
-            raise InvalidEventError(
-                f'invalid request: node: node_id {quoted(node_id)} is not a node of this graph ({known})'
-            )
-        fields = {k: v for k, v in request.node.items() if k != 'node_id'}
-        # A typo in a field name would otherwise be dropped silently and the field take its default.
-        if unknown := _unknown_fields(node_class, fields):
-            raise InvalidEventError(f'invalid request: node: {node_id} has no field(s) {listed(unknown)}')
-        if unknown := _unknown_fields(self.graph.inferred_types[0], request.state):
-            state_name = getattr(self.graph.inferred_types[0], '__name__', 'the state')
-            raise InvalidEventError(f'invalid request: state: {state_name} has no field(s) {listed(unknown)}')
-        node = _validated('node', self._node_adapter(node_class), fields)
-        state = _validated('state', self._state_adapter, request.state)
-        return node, state
-
-    def _node_adapter(self, node_class: type[BaseNode[StateT, DepsT, RunEndT]]) -> TypeAdapter[Any]:
-        node_id = node_class.get_node_id()
-        if node_id not in self._node_adapters:
-            self._node_adapters[node_id] = TypeAdapter(node_class)
-        return self._node_adapters[node_id]
 
     def _env(self) -> WorkerSettings:
         if self._settings is None:
@@ -500,24 +351,6 @@ async def _current_status(persistence: S3StatePersistence[Any, Any], run_id: str
     return status
 
 
-def _is_sqs_record(record: object) -> bool:
-    return isinstance(record, Mapping) and record.get('eventSource') == 'aws:sqs' and 'messageId' in record
-
-
-def _validated(what: str, adapter: TypeAdapter[Any], data: object) -> Any:
-    """`data` validated by `adapter`, or `InvalidEventError` without the values (and `from None`: the pydantic error
-    or a user's exception, shown with a traceback, would quote them)."""
-    try:
-        return adapter.validate_python(data)
-    except pydantic.ValidationError as e:
-        error = InvalidEventError(f'invalid request: {what}: {describe_validation_error(e)}')
-    except Exception as e:  # e.g. a TypeError from a __post_init__, which pydantic does not wrap
-        error = InvalidEventError(
-            f'invalid request: {what}: {type(e).__name__} (message not shown: it may quote values)'
-        )
-    raise error from None
-
-
 def _reclaim_after(configured: float | Literal['never'] | None) -> timedelta | None:
     """The worker's `reclaim_after` from `PYDANTIC_GRAPH_S3_RECLAIM_AFTER` (unset: the default, `never`: off)."""
     if configured is None:
@@ -525,40 +358,6 @@ def _reclaim_after(configured: float | Literal['never'] | None) -> timedelta | N
     if configured == 'never':
         return None
     return timedelta(seconds=configured)
-
-
-def _unknown_fields(declared: Any, data: object) -> list[str]:
-    """The top-level keys of `data` that validating it as `declared` would drop silently.
-
-    Only for dataclasses and models that ignore extra keys (pydantic's default): a model with `extra='allow'`
-    keeps them and one with `extra='forbid'` reports them itself. Other types are left to pydantic.
-    """
-    if not isinstance(data, Mapping) or not isinstance(declared, type):
-        return []
-    known: set[str] = set()
-    if issubclass(declared, BaseModel):
-        if declared.model_config.get('extra') in ('allow', 'forbid'):
-            return []
-        for name, info in declared.model_fields.items():
-            aliases = {info.alias, info.validation_alias} - {None}
-            if not all(isinstance(alias, str) for alias in aliases):
-                return []  # AliasPath / AliasChoices: leave it to pydantic
-            known |= {name, *(str(alias) for alias in aliases)}
-    elif dataclasses.is_dataclass(declared):
-        if getattr(declared, '__pydantic_config__', {}).get('extra') in ('allow', 'forbid'):
-            return []
-        known = {f.name for f in dataclasses.fields(declared) if f.init}
-    else:
-        return []
-    return sorted(str(key) for key in data if key not in known)
-
-
-def _safe_description(error: Exception) -> str:
-    """What to log about a failed SQS record: our own errors' messages say which object or field, never a value;
-    any other exception (a node's, a library's) is named by type only."""
-    if isinstance(error, InvalidEventError | S3PersistenceError | RunNotFoundError | json.JSONDecodeError):
-        return f'{type(error).__name__}: {shortened(str(error), 1000)}'
-    return f'{type(error).__name__} (message not logged: it may quote state values)'
 
 
 _runner: asyncio.Runner | None = None
