@@ -111,7 +111,7 @@ class UsageStats:
     """Objects of a `{run_id}~...` group whose head is gone (left by a delete that was interrupted)."""
     headless_bytes: int = 0
     requests: int = 0
-    """Requests this summary cost: listing pages, one GET per head read, and the memo's GET and PUT (see `summarize_usage`)."""
+    """Requests this summary cost: listing pages, one GET per head read, and the memo's GET and PUT."""
 
 
 Phase = Literal['claimed', 'waiting', 'ended', 'failed', 'unreadable']
