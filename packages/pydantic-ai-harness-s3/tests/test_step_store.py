@@ -294,7 +294,7 @@ async def test_a_fresh_store_finds_an_old_custom_key_by_its_marker(s3: Bucket) -
 @pytest.mark.parametrize('marked_meanwhile', [1, MARKED_RECENTLY, MARKED_RECENTLY + 5])
 @pytest.mark.parametrize('kind', ['event', 'snapshot'])
 async def test_a_key_marked_by_a_racing_writer_after_the_lookup_is_not_stored_again(
-    s3: Bucket, kind: str, marked_meanwhile: int
+    s3: Bucket, kind: str, marked_meanwhile: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Between our marker lookup and our head update, another writer stores the key and pushes it out of the window.
 
@@ -321,7 +321,7 @@ async def test_a_key_marked_by_a_racing_writer_after_the_lookup_is_not_stored_ag
                 await write(theirs, f'push-{n}', 2 + n)
         return lookup
 
-    ours._look_up = look_up_then_race  # type: ignore[method-assign]
+    monkeypatch.setattr(ours, '_look_up', look_up_then_race)
     await write(ours, 'raced', 1)
     assert not lookups[0].found
     assert len(lookups) == (2 if marked_meanwhile > MARKED_RECENTLY else 1)  # looked up again only when needed

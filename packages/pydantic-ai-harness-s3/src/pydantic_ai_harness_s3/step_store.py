@@ -38,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, TypeAdapter, model_serializer
 from pydantic_ai_harness.step_persistence import (
     ContinuableSnapshot,
     RunRecord,
@@ -119,7 +119,23 @@ class _Head(BaseModel):
     snapshot_keys_marked: int = 0
     snapshot_keys_marked_recently: tuple[str, ...] = ()
 
+    @model_serializer(mode='wrap')
+    def _without_unused_markers(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Leave the marker fields out until a custom key is marked: StepPersistence's own runs never need them,
+        and every append uploads the head."""
+        data: dict[str, Any] = handler(self)
+        for name in _MARKER_FIELDS:
+            if not data[name]:
+                del data[name]
+        return data
 
+
+_MARKER_FIELDS = (
+    'event_keys_marked',
+    'event_keys_marked_recently',
+    'snapshot_keys_marked',
+    'snapshot_keys_marked_recently',
+)
 _HEAD = TypeAdapter(_Head)
 _Segment = tuple[_EventEntry | _SnapshotEntry, ...]
 _SEGMENT: TypeAdapter[_Segment] = TypeAdapter(tuple[_Entry, ...])
@@ -204,6 +220,8 @@ class _Lookup:
 
     found: bool = False
     marked_before: int = 0
+    head_missing: bool = False
+    """The run had no head yet: the append creates it without reading it again (S3 refuses it if one appeared)."""
 
 
 class _Decision(NamedTuple):
@@ -348,9 +366,9 @@ def _drop_sealed(segment: int, count: int) -> Callable[[_Head | None], Change[_H
     return change
 
 
-def _peek(stored: _Head | None) -> Change[_Head | None, _Head]:
+def _peek(stored: _Head | None) -> Change[_Head | None, _Head | None]:
     """Read without writing: the head as the store last knew it (no request when it wrote it itself)."""
-    return Change(None, _head_or_empty(stored))
+    return Change(None, stored)
 
 
 class S3StepStore(S3Store):
@@ -507,7 +525,7 @@ class S3StepStore(S3Store):
         """
         head = self._head(run_id)
         while True:
-            appended = await head.update(change(lookup))
+            appended = await head.update(change(lookup), expect_missing=lookup.head_missing)
             if not appended.recheck:
                 break
             lookup = await self._look_up(run_id, kind, key)
@@ -523,7 +541,10 @@ class S3StepStore(S3Store):
         The marker is read only for a custom key that the head does not cover while the head has marked keys:
         StepPersistence's own keys and unkeyed appends cost no request here (the head is usually cached).
         """
-        head = await self._head(run_id).update(_peek)
+        stored = await self._head(run_id).update(_peek)
+        if stored is None:
+            return _Lookup(head_missing=True)
+        head = stored
         if key is None:
             return _Lookup()
         marked = kind.marked(head)
