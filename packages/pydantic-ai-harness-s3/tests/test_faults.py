@@ -10,8 +10,9 @@ from conftest import Bucket
 from pydantic_ai_harness.memory import MemoryOperation
 from scripts import event, snapshot
 
-from pydantic_ai_harness_s3 import ClientSettings
+from pydantic_ai_harness_s3 import ClientSettings, RetryPolicy
 from pydantic_ai_harness_s3.step_store import SEGMENT_ENTRIES
+from pydantic_s3_cas import RetriesExhaustedError
 from tests.support.fault_proxy import Fault, FaultProxy, fault_proxy
 
 pytestmark = pytest.mark.anyio
@@ -88,3 +89,40 @@ async def test_random_transient_failures_lose_and_duplicate_nothing(s3: Bucket, 
     saved = [f'{i}:{i}:complete' for i in range(0, 2 * SEGMENT_ENTRIES + 5, 10)]
     assert latest is not None and latest.idempotency_key == saved[-1]
     assert [s.idempotency_key for s in await reader.list_snapshots(run_id='r')] == saved
+
+
+@pytest.mark.parametrize('lost', ['receipt index PUT', 'tombstone DELETE'])
+async def test_a_delete_cut_short_leaves_a_listed_tombstone_that_its_replay_removes(
+    s3: Bucket, proxy: FaultProxy, lost: str
+) -> None:
+    """A delete whose later requests never reach S3 (as when its process dies) leaves the tombstone it wrote.
+
+    `read` and `search` skip it; `list_paths`, one listing, still shows the path. Replaying the delete (same
+    operation, as a retried agent step does) returns the original result and removes the tombstone.
+    """
+    writer = s3.memory_store()
+    created = await writer.write('u/a.md', 'hello world', expected_version=None)
+    if lost == 'receipt index PUT':
+        proxy.inject(Fault(status=503, method='PUT', path=r'/memory/receipts/', times=None))
+    else:
+        proxy.inject(Fault(status=503, method='DELETE', path=r'/memory/files/', times=None))
+    cut_short = s3.memory_store(client_settings=through(proxy), retry=RetryPolicy(max_attempts=1))
+    op = MemoryOperation(id='delete-1', fingerprint='fp')
+    with pytest.raises(RetriesExhaustedError):
+        await cut_short.delete('u/a.md', expected_version=created.version, operation=op)
+    proxy.clear()
+
+    after_crash = s3.memory_store()
+    assert await after_crash.read('u/a.md', max_chars=100) is None
+    assert await after_crash.list_paths('u/', limit=10) == ['u/a.md']  # the tombstone, listed
+    found = await after_crash.search('u/', 'hello', limit=5, max_files=5, max_chars=100, max_file_chars=100)
+    assert found.matches == []
+    indexed = await after_crash.get_operation(op)
+    assert (indexed is not None) == (lost == 'tombstone DELETE')
+
+    replay = await after_crash.delete('u/a.md', expected_version=created.version, operation=op)
+    assert (replay.version, replay.replayed, replay.existed) == (None, True, True)
+    assert await after_crash.list_paths('u/', limit=10) == []
+    assert await s3.keys('memory/files/') == []
+    again = await after_crash.get_operation(op)
+    assert again is not None and again.existed
