@@ -309,49 +309,47 @@ def _with_entry(
     return Change(new, _Appended(True, new.sealed_segments, tuple(full)), creates)
 
 
-def _not_stored(decision: _Decision) -> Change[_Head | None, _Appended]:
-    return Change(None, _Appended(False, recheck=decision.recheck))
+def _append_entry(
+    kind: _KeyKind, key: str | None, folder: str, entry_of: Callable[[_Head], tuple[_Entry, dict[str, Any]]]
+) -> _AppendAfter:
+    """The change that appends the entry `entry_of` makes for the head (with the head fields it sets), unless
+    `key` was already stored."""
+
+    def after(lookup: _Lookup) -> _Append:
+        def change(stored: _Head | None) -> Change[_Head | None, _Appended]:
+            head = _head_or_empty(stored)
+            remembered: dict[str, Any] = {}
+            creates: _Creates = ()
+            if key is not None:
+                if (decision := _decide(kind, head, key, lookup)).seen or decision.recheck:
+                    return Change(None, _Appended(False, recheck=decision.recheck))
+                remembered, creates = _remember_key(kind, head, key, folder)
+            entry, update = entry_of(head)
+            return _with_entry(head, entry, creates, **update, **remembered)
+
+        return change
+
+    return after
 
 
 def _append_event(event: StepEvent, folder: str) -> _AppendAfter:
-    def after(lookup: _Lookup) -> _Append:
-        def change(stored: _Head | None) -> Change[_Head | None, _Appended]:
-            head = _head_or_empty(stored)
-            key = event.idempotency_key
-            update: dict[str, Any] = {'next_event': head.next_event + 1}
-            creates: _Creates = ()
-            if key is not None:
-                if (decision := _decide(_EVENT_KEYS, head, key, lookup)).seen or decision.recheck:
-                    return _not_stored(decision)
-                remembered, creates = _remember_key(_EVENT_KEYS, head, key, folder)
-                update |= remembered
-            return _with_entry(head, _EventEntry(seq=head.next_event, event=event), creates, **update)
+    def entry_of(head: _Head) -> tuple[_Entry, dict[str, Any]]:
+        return _EventEntry(seq=head.next_event, event=event), {'next_event': head.next_event + 1}
 
-        return change
-
-    return after
+    return _append_entry(_EVENT_KEYS, event.idempotency_key, folder, entry_of)
 
 
 def _append_snapshot(snapshot: ContinuableSnapshot, object_key: str, folder: str) -> _AppendAfter:
-    def after(lookup: _Lookup) -> _Append:
-        def change(stored: _Head | None) -> Change[_Head | None, _Appended]:
-            head = _head_or_empty(stored)
-            key = snapshot.idempotency_key
-            entry = _SnapshotEntry(seq=head.next_snapshot, object=object_key, state=snapshot.state, idempotency_key=key)
-            update: dict[str, Any] = {'next_snapshot': head.next_snapshot + 1, 'latest': entry}
-            if snapshot.state == 'complete':
-                update['latest_complete'] = entry
-            creates: _Creates = ()
-            if key is not None:
-                if (decision := _decide(_SNAPSHOT_KEYS, head, key, lookup)).seen or decision.recheck:
-                    return _not_stored(decision)
-                remembered, creates = _remember_key(_SNAPSHOT_KEYS, head, key, folder)
-                update |= remembered
-            return _with_entry(head, entry, creates, **update)
+    key = snapshot.idempotency_key
 
-        return change
+    def entry_of(head: _Head) -> tuple[_Entry, dict[str, Any]]:
+        entry = _SnapshotEntry(seq=head.next_snapshot, object=object_key, state=snapshot.state, idempotency_key=key)
+        update: dict[str, Any] = {'next_snapshot': head.next_snapshot + 1, 'latest': entry}
+        if snapshot.state == 'complete':
+            update['latest_complete'] = entry
+        return entry, update
 
-    return after
+    return _append_entry(_SNAPSHOT_KEYS, key, folder, entry_of)
 
 
 def _drop_sealed(segment: int, count: int) -> Callable[[_Head | None], Change[_Head | None, None]]:
