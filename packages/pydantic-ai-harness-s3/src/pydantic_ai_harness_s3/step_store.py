@@ -32,6 +32,7 @@ from __future__ import annotations as _annotations
 import asyncio
 import hashlib
 import json
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
@@ -48,7 +49,7 @@ from pydantic_ai_harness.step_persistence import (
 )
 from typing_extensions import Unpack
 
-from pydantic_s3_cas import CasObject, Change, CorruptObjectError, S3PersistenceError
+from pydantic_s3_cas import CasObject, Change, CorruptObjectError, RetriesExhaustedError, S3PersistenceError
 
 from ._location import S3Options, S3Store, key_part
 
@@ -518,17 +519,23 @@ class S3StepStore(S3Store):
 
         Returns whether the change appended anything (`False`: its idempotency key was already stored). The
         key lookup is made again only when racing writers marked more keys meanwhile than the head names
-        (`MARKED_RECENTLY`): this is not a retry of a failure (`update` retries those) but a new read the pure
-        change function cannot make itself. Each round needs that many more keys marked by others, so it ends.
+        (`MARKED_RECENTLY`): not a retry of a failure (`update` retries those) but a new read the pure change
+        function cannot make itself. Each round needs that many keys marked by others; the retry policy's
+        `max_attempts` bounds the rounds all the same.
         """
         head = self._head(run_id)
-        while True:
+        started = time.monotonic()
+        rounds = self.location.retry.max_attempts
+        for _ in range(rounds):
             appended = await head.update(change(lookup), expect_missing=lookup.head_missing)
             if not appended.recheck:
                 break
             lookup = await self._look_up(run_id, kind, key)
             if lookup.found:
                 return False
+        else:
+            reason = f'more than {MARKED_RECENTLY} idempotency keys were marked by other writers during each append'
+            raise RetriesExhaustedError(head.bucket, head.key, rounds, time.monotonic() - started, reason)
         if appended.to_seal:
             await self._seal(run_id, appended.segment, appended.to_seal)
         return appended.stored
