@@ -6,7 +6,9 @@ Against the embedded S3 (moto's server on loopback), it prints:
 - an agent run (pydantic-ai `Agent`, scripted `FunctionModel`, `StepPersistence(store=S3StepStore(...))`) making N
   sequential tool calls: requests and bytes per model request, per tool call, and for the run's start and end;
 - a run of 1,000 events (and a snapshot every 10): `latest_snapshot` and `list_events` from a fresh store, and what
-  one more append costs at that length compared with the first appends.
+  one more append costs at that length compared with the first appends;
+- custom (non-StepPersistence) idempotency keys past the head's window: a new key, a replay of one that only its
+  marker remembers, and that replay from a fresh store.
 Request counts are exact; times are wall-clock on this machine, for orientation only.
 """
 
@@ -28,6 +30,7 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai_harness.step_persistence import StepPersistence
 
 from pydantic_ai_harness_s3 import ClientSettings, S3StepStore
+from pydantic_ai_harness_s3.step_store import KEY_WINDOW
 from pydantic_s3_cas.embedded import embedded_s3
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'tests'))
@@ -140,6 +143,24 @@ async def bench_long_run(options: dict[str, Any], events: int) -> None:
         )
 
 
+async def bench_custom_keys(options: dict[str, Any]) -> None:
+    writer = S3StepStore(**options)
+    for i in range(2 * KEY_WINDOW):
+        await writer.append_event(event('custom', i, key=f'custom-{i}'))
+
+    async def cost(store: S3StepStore, key: str) -> str:
+        before = store.stats.as_dict()
+        await store.append_event(event('custom', 0, key=key))
+        after = store.stats.as_dict()
+        gets, puts = after['gets'] - before['gets'], after['puts'] - before['puts']
+        return f'{after["requests"] - before["requests"]} request(s) ({gets} GET, {puts} PUT)'
+
+    print(f'custom idempotency keys, {2 * KEY_WINDOW} of them (the head remembers {KEY_WINDOW}):')
+    print(f'  a new custom key              : {await cost(writer, "custom-new")}')
+    print(f'  replay of the oldest one      : {await cost(writer, "custom-0")}')
+    print(f'  that replay from a fresh store: {await cost(S3StepStore(**options), "custom-1")}')
+
+
 async def main(arguments: argparse.Namespace) -> None:
     with embedded_s3() as url:
         bucket = f'bench-{uuid.uuid4().hex[:12]}'
@@ -151,6 +172,7 @@ async def main(arguments: argparse.Namespace) -> None:
         options: dict[str, Any] = {'bucket': bucket, 'prefix': 'bench/', 'client_settings': settings}
         await bench_agent(options, arguments.tool_calls)
         await bench_long_run(options, arguments.events)
+        await bench_custom_keys(options)
 
 
 if __name__ == '__main__':

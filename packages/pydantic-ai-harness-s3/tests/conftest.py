@@ -81,6 +81,6 @@ async def s3(request: pytest.FixtureRequest) -> AsyncIterator[Bucket]:
 
 @pytest.fixture
 async def moto(moto_endpoint: S3Endpoint) -> AsyncIterator[Bucket]:
-    """A fresh bucket on moto only: for the slower suites (processes, the agent, the contract suite)."""
+    """A fresh bucket on moto only: for the agent kill test, the slowest suite."""
     async for bucket in _open_bucket('moto', moto_endpoint):
         yield bucket

@@ -22,6 +22,8 @@ SHARED_EVENTS = 27
 OWN_EVENTS = len(range(0, SHARED_EVENTS, 3))  # every third shared index
 TOOL_CALLS = 6
 REPLAYED_STARTS = 8
+CUSTOM_KEYS = 150  # more than twice the head's key window
+WORKERS_REPLAYING = 3  # how many workers the custom scenario spreads its starting points over
 RETRY = RetryPolicy(max_attempts=200, max_elapsed=240.0, initial_backoff=0.005, max_backoff=0.3)
 
 
@@ -35,6 +37,14 @@ async def main(scenario: str, url: str, bucket: str, worker: int) -> None:
                 await store.append_event(event('r', 100 * (worker + 1) + i, key=f'w{worker}-{i}'))
             if i % 10 == 0:
                 await store.save_snapshot(snapshot('r', i // 10 + 1, key=f'{i}:{i}:complete'))
+    elif scenario == 'custom':
+        # Every worker writes the same custom keys, each starting at another point and wrapping around: most
+        # keys reach a worker long after another stored them and pushed them out of the head's key window.
+        start = worker * CUSTOM_KEYS // WORKERS_REPLAYING
+        for i in [*range(start, CUSTOM_KEYS), *range(start)]:
+            await store.append_event(event('r', i, key=f'custom-{i}'))
+            if i % 2 == 0:
+                await store.save_snapshot(snapshot('r', 1, key=f'custom-snapshot-{i}'))
     elif scenario == 'effects':
         # Worker 0 starts and finishes each tool call; the others keep replaying its start (a crashed worker's
         # retry, a durable replay). A start that lands after the finish must not reopen the call.

@@ -1,8 +1,10 @@
-"""The third-party MemoryStore contract suite (`pydantic_ai_memory_core.contract`) against S3MemoryStore on moto."""
+"""The third-party MemoryStore contract suite (`pydantic_ai_memory_core.contract`) against S3MemoryStore, on moto's
+server and on SeaweedFS."""
 
 from __future__ import annotations as _annotations
 
 import uuid
+from collections.abc import Iterator
 
 import pytest
 from conftest import FAST_RETRY
@@ -15,16 +17,22 @@ from tests.support.fixtures import new_session
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def store(moto_endpoint: S3Endpoint) -> S3MemoryStore:
+@pytest.fixture(params=['moto', 'seaweedfs'])
+def store(request: pytest.FixtureRequest) -> Iterator[S3MemoryStore]:
     """A fresh, empty store. Made without an event loop: the suite's end-to-end test runs its own loops."""
-    raw = moto_endpoint.sync_client()
+    endpoint: S3Endpoint = request.getfixturevalue(f'{request.param}_endpoint')
+    raw = endpoint.sync_client()
     bucket = f'contract-{uuid.uuid4().hex[:16]}'
     raw.create_bucket(Bucket=bucket)
-    return S3MemoryStore(
+    yield S3MemoryStore(
         bucket=bucket,
         prefix='memory/',
-        client_settings=ClientSettings(endpoint_url=moto_endpoint.url),
-        session=new_session(moto_endpoint),
+        client_settings=ClientSettings(endpoint_url=endpoint.url),
+        session=new_session(endpoint),
         retry=FAST_RETRY,
     )
+    # SeaweedFS gives each bucket volumes of its own: a suite that left them all behind would run out.
+    while keys := [item['Key'] for item in raw.list_objects_v2(Bucket=bucket).get('Contents', [])]:
+        for key in keys:
+            raw.delete_object(Bucket=bucket, Key=key)
+    raw.delete_bucket(Bucket=bucket)

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 from conftest import Bucket
-from race_worker import OWN_EVENTS, SHARED_EVENTS, TOOL_CALLS
+from race_worker import CUSTOM_KEYS, OWN_EVENTS, SHARED_EVENTS, TOOL_CALLS, WORKERS_REPLAYING
 
-from pydantic_ai_harness_s3.step_store import SEGMENT_ENTRIES, _EventEntry, _SnapshotEntry
+from pydantic_ai_harness_s3.step_store import KEY_WINDOW, SEGMENT_ENTRIES, _EventEntry, _SnapshotEntry
 
 pytestmark = pytest.mark.anyio
 
@@ -63,6 +63,27 @@ async def test_racing_processes_store_each_keyed_event_once_in_one_gapless_order
     assert sorted(e.idempotency_key or '' for e in snapshots) == sorted(f'{i}:{i}:complete' for i in (0, 10, 20))
     assert await s3.step_store(prefix='race/').list_events(run_id='r') == events
     assert len(events) > SEGMENT_ENTRIES  # segments were sealed under contention
+
+
+async def test_racing_processes_replaying_old_custom_keys_store_each_once(s3: Bucket, tmp_path: Path) -> None:
+    """Custom keys far out of the head's window, written by every worker at other times: each stored once, gapless."""
+    assert WORKERS == WORKERS_REPLAYING
+    race(s3, 'custom', tmp_path)
+    reader = s3.step_store(prefix='race/')
+    log = await reader._log('r')
+    events = [e for e in log if isinstance(e, _EventEntry)]
+    snapshots = [e for e in log if isinstance(e, _SnapshotEntry)]
+    assert sorted(e.event.idempotency_key or '' for e in events) == sorted(f'custom-{i}' for i in range(CUSTOM_KEYS))
+    assert sorted(e.idempotency_key or '' for e in snapshots) == sorted(
+        f'custom-snapshot-{i}' for i in range(0, CUSTOM_KEYS, 2)
+    )
+    assert [e.seq for e in events] == list(range(CUSTOM_KEYS))
+    assert [e.seq for e in snapshots] == list(range(len(snapshots)))
+    # Uploads of snapshots another worker had saved first were removed: one object per stored snapshot.
+    assert len(await s3.keys('race/steps/r/snapshots/')) == len(snapshots)
+    markers = await s3.keys('race/steps/r/keys/')
+    assert len([m for m in markers if '/keys/events/' in m]) == CUSTOM_KEYS - KEY_WINDOW
+    assert len([m for m in markers if '/keys/snapshots/' in m]) == len(snapshots) - KEY_WINDOW
 
 
 async def test_replayed_starts_racing_a_finish_never_reopen_the_call(s3: Bucket, tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from pydantic_ai_harness.step_persistence import (
 from scripts import at, event, snapshot
 
 from pydantic_ai_harness_s3 import RunAlreadyRegisteredError, S3StepStore
-from pydantic_ai_harness_s3.step_store import SEGMENT_ENTRIES
+from pydantic_ai_harness_s3.step_store import KEY_WINDOW, MARKED_RECENTLY, SEGMENT_ENTRIES, _Lookup
 from pydantic_s3_cas import CorruptObjectError, S3PersistenceError
 
 pytestmark = pytest.mark.anyio
@@ -229,3 +229,107 @@ async def test_a_snapshot_saved_by_two_writers_is_stored_once(s3: Bucket) -> Non
     await late.save_snapshot(snapshot('r', 2, key='0:2:complete'))
     assert len(await s3.step_store().list_snapshots(run_id='r')) == 1
     assert len(await s3.keys('agents/steps/r/snapshots/')) == 1
+
+
+CUSTOM_KEYS = 200  # many more than the head's window of KEY_WINDOW keys
+
+
+def custom_key_script() -> list[tuple[str, Any]]:
+    """Custom (non-StepPersistence) keys far past the head's window, then replays of the oldest and of every one."""
+    ops: list[tuple[str, Any]] = []
+    for i in range(CUSTOM_KEYS):
+        ops.append(('append_event', event('r', i, key=f'custom-event-{i}')))
+        if i % 2 == 0:
+            ops.append(('append_event', event('r', 5000 + i)))  # unkeyed, in between
+        if i % 3 == 0:
+            ops.append(('save_snapshot', snapshot('r', i % 4 + 1, key=f'custom-snapshot-{i}')))
+        ops.append(('append_event', event('r', 10_000 + i, key=f'{i}:0:model_request_started:')))
+    for i in [*range(10), *range(0, CUSTOM_KEYS, 7)]:  # the oldest, long out of the window, then a spread
+        ops.append(('append_event', event('r', 90_000 + i, key=f'custom-event-{i}')))
+        if i % 3 == 0:
+            ops.append(('save_snapshot', snapshot('r', 5, key=f'custom-snapshot-{i}')))
+    return ops
+
+
+async def test_custom_keys_past_the_head_window_are_stored_once(s3: Bucket) -> None:
+    """Replays of custom keys written hundreds of appends earlier store nothing, as in InMemoryStepStore."""
+    memory, store = InMemoryStepStore(), s3.step_store()
+    ops = custom_key_script()
+    first_replay = next(n for n, (_, arg) in enumerate(ops) if arg.timestamp == at(90_000))
+    for method, argument in ops[:first_replay]:
+        for each in (memory, store):
+            await getattr(each, method)(argument)
+    stored_before = await s3.keys('agents/steps/r/')
+    markers = await s3.keys('agents/steps/r/keys/')
+    # Every custom key that left the window has a marker; StepPersistence's index keys never need one.
+    for method in ['append_event', 'save_snapshot']:
+        keys = [arg.idempotency_key for m, arg in ops[:first_replay] if m == method and arg.idempotency_key]
+        kind = 'events' if method == 'append_event' else 'snapshots'
+        left_window = [key for key in keys[:-KEY_WINDOW] if key.startswith('custom-')]
+        assert len([m for m in markers if f'/keys/{kind}/' in m]) == len(left_window) > 0
+    for method, argument in ops[first_replay:]:
+        for each in (memory, store):
+            await getattr(each, method)(argument)
+    assert await s3.keys('agents/steps/r/') == stored_before  # nothing new stored: no snapshot, no segment
+    expected = await answers(memory, ['r'], full=True)
+    assert await answers(store, ['r'], full=True) == expected
+    assert await answers(s3.step_store(), ['r'], full=True) == expected  # and as a fresh process reads it
+    events = await store.list_events(run_id='r')
+    assert len(events) == CUSTOM_KEYS * 2 + CUSTOM_KEYS // 2
+
+
+async def test_a_fresh_store_finds_an_old_custom_key_by_its_marker(s3: Bucket) -> None:
+    """Another process, with no cached head, replays a key that only its marker remembers: one GET of it."""
+    writer = s3.step_store()
+    for i in range(KEY_WINDOW + 5):
+        await writer.append_event(event('r', i, key=f'k{i}'))
+    replayer = s3.step_store()
+    await replayer.append_event(event('r', 0, key='k0'))
+    assert (replayer.stats.gets, replayer.stats.puts) == (2, 0)  # the head, the marker; nothing written
+    await replayer.append_event(event('r', 1, key='k70'))  # new: no marker to find, so it is appended
+    events = await s3.step_store().list_events(run_id='r')
+    assert [e.idempotency_key for e in events] == [f'k{i}' for i in range(KEY_WINDOW + 5)] + ['k70']
+
+
+@pytest.mark.parametrize('marked_meanwhile', [1, MARKED_RECENTLY, MARKED_RECENTLY + 5])
+@pytest.mark.parametrize('kind', ['event', 'snapshot'])
+async def test_a_key_marked_by_a_racing_writer_after_the_lookup_is_not_stored_again(
+    s3: Bucket, kind: str, marked_meanwhile: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between our marker lookup and our head update, another writer stores the key and pushes it out of the window.
+
+    The head names the keys it marked recently, so the update sees it; when more were marked than it names, the
+    append looks the marker up again.
+    """
+    ours, theirs = s3.step_store(), s3.step_store()
+    await ours.append_event(event('r', 0))  # our head is cached, with no key marked: no marker lookup
+
+    def write(store: Any, key: str, n: int) -> Any:
+        if kind == 'event':
+            return store.append_event(event('r', n, key=key))
+        return store.save_snapshot(snapshot('r', 1, key=key))
+
+    original = ours._look_up
+    lookups: list[_Lookup] = []
+
+    async def look_up_then_race(*args: Any) -> _Lookup:
+        lookup = await original(*args)
+        lookups.append(lookup)
+        if len(lookups) == 1:
+            await write(theirs, 'raced', 1)
+            for n in range(KEY_WINDOW - 1 + marked_meanwhile):
+                await write(theirs, f'push-{n}', 2 + n)
+        return lookup
+
+    monkeypatch.setattr(ours, '_look_up', look_up_then_race)
+    await write(ours, 'raced', 1)
+    assert not lookups[0].found
+    assert len(lookups) == (2 if marked_meanwhile > MARKED_RECENTLY else 1)  # looked up again only when needed
+    reader = s3.step_store()
+    if kind == 'event':
+        keys = [e.idempotency_key for e in await reader.list_events(run_id='r')]
+    else:
+        keys = [s.idempotency_key for s in await reader.list_snapshots(run_id='r')]
+        assert len(await s3.keys('agents/steps/r/snapshots/')) == len(keys)  # our upload was removed
+    assert keys.count('raced') == 1
+    assert 'agents/steps/r/keys/' + kind + 's/' in ' '.join(await s3.keys('agents/steps/r/keys/'))

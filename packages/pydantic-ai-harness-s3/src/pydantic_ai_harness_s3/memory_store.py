@@ -12,7 +12,10 @@ brings back an earlier version. Every write is one compare-and-swap on the file'
 `If-None-Match` to create) that carries the operation's receipt in the same body: a crash can never leave a
 receipt without its change, nor a change without its receipt. The `receipts/` index entry is written after it
 and only speeds up `get_operation`; a replayed write finds the receipt in the file itself even if the index
-entry was never written. A delete writes a tombstone (no content, the receipt kept) and then removes it.
+entry was never written. A delete writes a tombstone (no content, the receipt kept), indexes the receipt, and then
+removes the tombstone. A delete that crashes in between leaves the tombstone: `read` and `search` skip it, but
+`list_paths` (one listing, which cannot tell a tombstone from a file) still shows the path until the delete is
+replayed with its operation (the replay removes it), or the path is written again.
 """
 
 from __future__ import annotations as _annotations
@@ -193,14 +196,17 @@ class S3MemoryStore(S3Store):
     ) -> MemoryMutation:
         """Delete `path` if its version is `expected_version` (`None`: succeed only if it does not exist)."""
         validate_store_path(path)
-        if operation is not None and (replayed := await self.get_operation(operation)) is not None:
-            return replayed
         file = self._file(path)
+        if operation is not None and (replayed := await self.get_operation(operation)) is not None:
+            if replayed.existed and replayed.version is None:  # it deleted a file: finish it (a crash may have left
+                # its tombstone behind)
+                await self._remove_tombstone(file)
+            return replayed
         tombstone = _MemoryObject(content=None, version=uuid.uuid4().hex)
         change = _mutate(path, expected_version, operation, tombstone)
         mutation: MemoryMutation = await file.update(change)
         await self._index_receipt(operation, path, mutation)
-        if mutation.existed and not mutation.replayed:
+        if mutation.existed and mutation.version is None:  # also when replayed from the tombstone's own receipt
             await self._remove_tombstone(file)
         return mutation
 

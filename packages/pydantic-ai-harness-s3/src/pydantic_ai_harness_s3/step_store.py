@@ -7,6 +7,7 @@ runs/{rid}.json                        RunRecord; created once (If-None-Match), 
 steps/{rid}/head.json                  the run's head: the one object every append changes (If-Match)
 steps/{rid}/log/{n:08d}.json           sealed segment n: 32 log entries, immutable
 steps/{rid}/snapshots/{uuid}.json      one ContinuableSnapshot each, immutable
+steps/{rid}/keys/{kind}/{sha256}.json  a custom idempotency key that left the head's window; create-only, immutable
 steps/{rid}/tool-effects/{tcid}.json   one ToolEffectRecord per tool call, changed by compare-and-swap
 ```
 
@@ -16,18 +17,29 @@ and the newest `complete` one. An append is one compare-and-swap on the head, so
 one order, without gaps, and a key is checked and recorded in the same write that stores the event. When the open
 end fills up, its oldest entries are written out as an immutable segment and only then dropped from the head, so
 the head stays small however long the run grows, and nothing is ever in neither place.
+
+Idempotency keys: StepPersistence's own keys (`{index}:...`) are covered forever by an index floor (events) or
+high-water mark (snapshots) in the head. Any other ("custom") key that leaves the head's window of `KEY_WINDOW`
+keys gets a marker object under `keys/`, created by the same head update that drops it, before the head is
+written: every key ever recorded is in the head or has a marker. An append of a custom key that is not in the
+head, on a head that has dropped custom keys, reads the marker first (one GET); the head also names the last
+`MARKED_RECENTLY` keys it dropped, so that the decision can be re-checked inside the compare-and-swap against
+keys dropped by racing writers after that GET.
 """
 
 from __future__ import annotations as _annotations
 
 import asyncio
+import hashlib
+import json
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, TypeAdapter, model_serializer
 from pydantic_ai_harness.step_persistence import (
     ContinuableSnapshot,
     RunRecord,
@@ -37,16 +49,18 @@ from pydantic_ai_harness.step_persistence import (
 )
 from typing_extensions import Unpack
 
-from pydantic_s3_cas import CasObject, Change, S3PersistenceError
+from pydantic_s3_cas import CasObject, Change, CorruptObjectError, RetriesExhaustedError, S3PersistenceError
 
 from ._location import S3Options, S3Store, key_part
 
-__all__ = ('S3StepStore', 'RunAlreadyRegisteredError', 'SEGMENT_ENTRIES', 'KEY_WINDOW')
+__all__ = ('S3StepStore', 'RunAlreadyRegisteredError', 'SEGMENT_ENTRIES', 'KEY_WINDOW', 'MARKED_RECENTLY')
 
 SEGMENT_ENTRIES = 32
 """Log entries per sealed segment; the head holds fewer than twice this many."""
 KEY_WINDOW = 64
 """Idempotency keys the head remembers exactly, per kind (events, snapshots)."""
+MARKED_RECENTLY = 16
+"""Custom keys the head names after moving them to markers, per kind: how far a marker lookup can be re-checked."""
 
 
 class RunAlreadyRegisteredError(ValueError):
@@ -99,8 +113,30 @@ class _Head(BaseModel):
     snapshot_keys_at_high_water: tuple[str, ...] = ()
     latest: _SnapshotEntry | None = None
     latest_complete: _SnapshotEntry | None = None
+    event_keys_marked: int = 0
+    """How many custom event keys have left `event_keys` for a marker object (`keys/events/`)."""
+    event_keys_marked_recently: tuple[str, ...] = ()
+    """The last of those (at most `MARKED_RECENTLY`), oldest first."""
+    snapshot_keys_marked: int = 0
+    snapshot_keys_marked_recently: tuple[str, ...] = ()
+
+    @model_serializer(mode='wrap')
+    def _without_unused_markers(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Leave the marker fields out until a custom key is marked: StepPersistence's own runs never need them,
+        and every append uploads the head."""
+        data: dict[str, Any] = handler(self)
+        for name in _MARKER_FIELDS:
+            if not data[name]:
+                del data[name]
+        return data
 
 
+_MARKER_FIELDS = (
+    'event_keys_marked',
+    'event_keys_marked_recently',
+    'snapshot_keys_marked',
+    'snapshot_keys_marked_recently',
+)
 _HEAD = TypeAdapter(_Head)
 _Segment = tuple[_EventEntry | _SnapshotEntry, ...]
 _SEGMENT: TypeAdapter[_Segment] = TypeAdapter(tuple[_Entry, ...])
@@ -117,14 +153,15 @@ def _key_index(key: str) -> int | None:
     return int(head)
 
 
-def _event_seen(head: _Head, key: str) -> bool:
+def _event_covered(head: _Head, key: str) -> bool:
+    """Whether the head alone shows `key` stored: in its window, or an index at or below the floor."""
     if key in head.event_keys:
         return True
     index = _key_index(key)
     return index is not None and index <= head.event_key_floor
 
 
-def _snapshot_seen(head: _Head, key: str) -> bool:
+def _snapshot_covered(head: _Head, key: str) -> bool:
     """As `InMemoryStepStore` decides: a key below the high-water index, or one already recorded, was saved."""
     index = _key_index(key)
     if index is not None and head.snapshot_high_water >= 0:
@@ -135,25 +172,112 @@ def _snapshot_seen(head: _Head, key: str) -> bool:
     return key in head.snapshot_keys
 
 
-def _remember_event_key(head: _Head, key: str) -> dict[str, Any]:
-    keys = (*head.event_keys, key)
+_Creates = tuple[tuple[str, bytes], ...]
+"""Marker objects (key in the bucket, bytes) a head update creates before writing the head."""
+
+
+@dataclass(frozen=True)
+class _KeyKind:
+    """Where the head keeps one kind's idempotency keys (events or snapshots), and where its markers go."""
+
+    folder: Literal['events', 'snapshots']
+    field: Literal['event', 'snapshot']
+    covered: Callable[[_Head, str], bool]
+
+    def window(self, head: _Head) -> tuple[str, ...]:
+        keys: tuple[str, ...] = getattr(head, f'{self.field}_keys')
+        return keys
+
+    def marked(self, head: _Head) -> int:
+        count: int = getattr(head, f'{self.field}_keys_marked')
+        return count
+
+    def marked_recently(self, head: _Head) -> tuple[str, ...]:
+        keys: tuple[str, ...] = getattr(head, f'{self.field}_keys_marked_recently')
+        return keys
+
+
+_EVENT_KEYS = _KeyKind('events', 'event', _event_covered)
+_SNAPSHOT_KEYS = _KeyKind('snapshots', 'snapshot', _snapshot_covered)
+
+
+def _marker_name(kind: _KeyKind, key: str) -> str:
+    """The marker's key below the run's folder: a hash, since keys may be long or hold any character."""
+    return f'keys/{kind.folder}/{hashlib.sha256(key.encode()).hexdigest()}.json'
+
+
+def _marker_body(key: str) -> bytes:
+    """The same bytes from every writer that moves `key` out of the head, as a create-only object needs."""
+    return json.dumps({'idempotency_key': key}).encode()
+
+
+@dataclass(frozen=True)
+class _Lookup:
+    """What an append learned about its key before its compare-and-swap, for the change to re-check.
+
+    `marked_before`: the head's count of marked keys when the append last made sure `key` had no marker (or
+    found one: `found`). Keys marked after that are named in the head (`*_marked_recently`), if not too many.
+    """
+
+    found: bool = False
+    marked_before: int = 0
+    head_missing: bool = False
+    """The run had no head yet: the append creates it without reading it again (S3 refuses it if one appeared)."""
+
+
+class _Decision(NamedTuple):
+    seen: bool
+    recheck: bool = False
+
+
+def _decide(kind: _KeyKind, head: _Head, key: str, lookup: _Lookup) -> _Decision:
+    """Was `key` stored? `recheck`: too many keys were marked since the lookup to tell without another one."""
+    if lookup.found or kind.covered(head, key):
+        return _Decision(seen=True)
+    marked_since = kind.marked(head) - lookup.marked_before
+    if marked_since <= 0:
+        return _Decision(seen=False)
+    recent = kind.marked_recently(head)
+    if marked_since > len(recent):
+        return _Decision(seen=False, recheck=True)
+    return _Decision(seen=key in recent[-marked_since:])
+
+
+def _remember_key(kind: _KeyKind, head: _Head, key: str, folder: str) -> tuple[dict[str, Any], _Creates]:
+    """The head fields that record `key`, and the markers of the custom keys that leave the window for it.
+
+    StepPersistence's index keys that leave the window need no marker: the event floor or the snapshot
+    high-water mark covers them.
+    """
+    keys = (*kind.window(head), key)
+    update: dict[str, Any] = {f'{kind.field}_keys': keys[-KEY_WINDOW:]}
+    creates: list[tuple[str, bytes]] = []
+    marked = list(kind.marked_recently(head))
     floor = head.event_key_floor
     for evicted in keys[:-KEY_WINDOW]:
         index = _key_index(evicted)
-        if index is not None:
+        if index is None:
+            creates.append((folder + _marker_name(kind, evicted), _marker_body(evicted)))
+            marked.append(evicted)
+        elif kind is _EVENT_KEYS:
             floor = max(floor, index)
-    return {'event_keys': keys[-KEY_WINDOW:], 'event_key_floor': floor}
+    if creates:
+        update[f'{kind.field}_keys_marked'] = kind.marked(head) + len(creates)
+        update[f'{kind.field}_keys_marked_recently'] = tuple(marked[-MARKED_RECENTLY:])
+    if kind is _EVENT_KEYS:
+        update['event_key_floor'] = floor
+    else:
+        update |= _raise_snapshot_high_water(head, key)
+    return update, tuple(creates)
 
 
-def _remember_snapshot_key(head: _Head, key: str) -> dict[str, Any]:
-    update: dict[str, Any] = {'snapshot_keys': (*head.snapshot_keys, key)[-KEY_WINDOW:]}
+def _raise_snapshot_high_water(head: _Head, key: str) -> dict[str, Any]:
     index = _key_index(key)
-    if index is not None:
-        if index > head.snapshot_high_water:
-            update |= {'snapshot_high_water': index, 'snapshot_keys_at_high_water': (key,)}
-        elif index == head.snapshot_high_water:
-            update['snapshot_keys_at_high_water'] = (*head.snapshot_keys_at_high_water, key)
-    return update
+    if index is None or index < head.snapshot_high_water:
+        return {}
+    if index > head.snapshot_high_water:
+        return {'snapshot_high_water': index, 'snapshot_keys_at_high_water': (key,)}
+    return {'snapshot_keys_at_high_water': (*head.snapshot_keys_at_high_water, key)}
 
 
 def _head_or_empty(head: _Head | None) -> _Head:
@@ -162,51 +286,71 @@ def _head_or_empty(head: _Head | None) -> _Head:
 
 @dataclass(frozen=True)
 class _Appended:
-    """What an append decided: whether it stored anything, and the segment to seal next, if one is full."""
+    """What an append decided: whether it stored anything, and the segment to seal next, if one is full.
+
+    `recheck`: nothing was written because the append must look for its key's marker again first.
+    """
 
     stored: bool
     segment: int = 0
     to_seal: tuple[_EventEntry | _SnapshotEntry, ...] = ()
+    recheck: bool = False
 
 
 _Append = Callable[[_Head | None], Change[_Head | None, _Appended]]
+_AppendAfter = Callable[[_Lookup], _Append]
+"""An append's change, made from what its key lookup found."""
 
 
-def _with_entry(head: _Head, entry: _EventEntry | _SnapshotEntry, **update: Any) -> Change[_Head | None, _Appended]:
+def _with_entry(
+    head: _Head, entry: _EventEntry | _SnapshotEntry, creates: _Creates = (), **update: Any
+) -> Change[_Head | None, _Appended]:
     new = head.model_copy(update={'open': (*head.open, entry), **update})
     full = new.open[:SEGMENT_ENTRIES] if len(new.open) >= SEGMENT_ENTRIES else ()
-    return Change(new, _Appended(True, new.sealed_segments, tuple(full)))
+    return Change(new, _Appended(True, new.sealed_segments, tuple(full)), creates)
 
 
-def _append_event(event: StepEvent) -> _Append:
-    def change(stored: _Head | None) -> Change[_Head | None, _Appended]:
-        head = _head_or_empty(stored)
-        key = event.idempotency_key
-        if key is not None and _event_seen(head, key):
-            return Change(None, _Appended(False))
-        update = {'next_event': head.next_event + 1}
-        if key is not None:
-            update |= _remember_event_key(head, key)
-        return _with_entry(head, _EventEntry(seq=head.next_event, event=event), **update)
+def _append_entry(
+    kind: _KeyKind, key: str | None, folder: str, entry_of: Callable[[_Head], tuple[_Entry, dict[str, Any]]]
+) -> _AppendAfter:
+    """The change that appends the entry `entry_of` makes for the head (with the head fields it sets), unless
+    `key` was already stored."""
 
-    return change
+    def after(lookup: _Lookup) -> _Append:
+        def change(stored: _Head | None) -> Change[_Head | None, _Appended]:
+            head = _head_or_empty(stored)
+            remembered: dict[str, Any] = {}
+            creates: _Creates = ()
+            if key is not None:
+                if (decision := _decide(kind, head, key, lookup)).seen or decision.recheck:
+                    return Change(None, _Appended(False, recheck=decision.recheck))
+                remembered, creates = _remember_key(kind, head, key, folder)
+            entry, update = entry_of(head)
+            return _with_entry(head, entry, creates, **update, **remembered)
+
+        return change
+
+    return after
 
 
-def _append_snapshot(snapshot: ContinuableSnapshot, object_key: str) -> _Append:
-    def change(stored: _Head | None) -> Change[_Head | None, _Appended]:
-        head = _head_or_empty(stored)
-        key = snapshot.idempotency_key
-        if key is not None and _snapshot_seen(head, key):
-            return Change(None, _Appended(False))
+def _append_event(event: StepEvent, folder: str) -> _AppendAfter:
+    def entry_of(head: _Head) -> tuple[_Entry, dict[str, Any]]:
+        return _EventEntry(seq=head.next_event, event=event), {'next_event': head.next_event + 1}
+
+    return _append_entry(_EVENT_KEYS, event.idempotency_key, folder, entry_of)
+
+
+def _append_snapshot(snapshot: ContinuableSnapshot, object_key: str, folder: str) -> _AppendAfter:
+    key = snapshot.idempotency_key
+
+    def entry_of(head: _Head) -> tuple[_Entry, dict[str, Any]]:
         entry = _SnapshotEntry(seq=head.next_snapshot, object=object_key, state=snapshot.state, idempotency_key=key)
         update: dict[str, Any] = {'next_snapshot': head.next_snapshot + 1, 'latest': entry}
         if snapshot.state == 'complete':
             update['latest_complete'] = entry
-        if key is not None:
-            update |= _remember_snapshot_key(head, key)
-        return _with_entry(head, entry, **update)
+        return entry, update
 
-    return change
+    return _append_entry(_SNAPSHOT_KEYS, key, folder, entry_of)
 
 
 def _drop_sealed(segment: int, count: int) -> Callable[[_Head | None], Change[_Head | None, None]]:
@@ -221,9 +365,9 @@ def _drop_sealed(segment: int, count: int) -> Callable[[_Head | None], Change[_H
     return change
 
 
-def _peek(stored: _Head | None) -> Change[_Head | None, _Head]:
+def _peek(stored: _Head | None) -> Change[_Head | None, _Head | None]:
     """Read without writing: the head as the store last knew it (no request when it wrote it itself)."""
-    return Change(None, _head_or_empty(stored))
+    return Change(None, stored)
 
 
 class S3StepStore(S3Store):
@@ -284,7 +428,10 @@ class S3StepStore(S3Store):
 
     async def append_event(self, event: StepEvent) -> None:
         """Append `event` with the next sequence number, unless its idempotency key was already stored."""
-        await self._append(event.run_id, _append_event(event))
+        key = event.idempotency_key
+        lookup = await self._look_up(event.run_id, _EVENT_KEYS, key)
+        if not lookup.found:
+            await self._append(event.run_id, _append_event(event, self._folder(event.run_id)), _EVENT_KEYS, key, lookup)
 
     async def list_events(self, *, run_id: str) -> list[StepEvent]:
         """Every event of the run in sequence order: the head, then its sealed segments read concurrently."""
@@ -295,11 +442,11 @@ class S3StepStore(S3Store):
         """Store `snapshot` once (by idempotency key) and make it the run's latest.
 
         The snapshot is written to an object of its own before the head refers to it, so a reader never finds a
-        reference to a snapshot that is not there. A key the head already knows skips the upload.
+        reference to a snapshot that is not there. A key known to be stored already skips the upload.
         """
-        head = self._head(snapshot.run_id)
         key = snapshot.idempotency_key
-        if key is not None and _snapshot_seen(await head.update(_peek), key):
+        lookup = await self._look_up(snapshot.run_id, _SNAPSHOT_KEYS, key)
+        if lookup.found:
             return
         object_key = f'snapshots/{uuid.uuid4().hex}.json'
         body = self._run_folder_object(snapshot.run_id, object_key, _SNAPSHOT)
@@ -310,7 +457,8 @@ class S3StepStore(S3Store):
             return Change(snapshot, None)
 
         await body.update(create, expect_missing=True)
-        if not await self._append(snapshot.run_id, _append_snapshot(snapshot, object_key)):
+        change = _append_snapshot(snapshot, object_key, self._folder(snapshot.run_id))
+        if not await self._append(snapshot.run_id, change, _SNAPSHOT_KEYS, key, lookup):
             await self._discard(body)  # another writer saved this key first: the upload is referenced by nothing
 
     async def latest_snapshot(self, *, run_id: str, include_interrupted: bool = False) -> ContinuableSnapshot | None:
@@ -364,16 +512,60 @@ class S3StepStore(S3Store):
 
     # --- internals -----------------------------------------------------------------------------------------------
 
-    async def _append(self, run_id: str, change: _Append) -> bool:
+    async def _append(
+        self, run_id: str, change: _AppendAfter, kind: _KeyKind, key: str | None, lookup: _Lookup
+    ) -> bool:
         """One compare-and-swap on the head, then, if the open end is full, seal its oldest segment.
 
-        Returns whether the change appended anything (`False`: its idempotency key was already stored).
+        Returns whether the change appended anything (`False`: its idempotency key was already stored). The
+        key lookup is made again only when racing writers marked more keys meanwhile than the head names
+        (`MARKED_RECENTLY`): not a retry of a failure (`update` retries those) but a new read the pure change
+        function cannot make itself. Each round needs that many keys marked by others; the retry policy's
+        `max_attempts` bounds the rounds all the same.
         """
         head = self._head(run_id)
-        appended = await head.update(change)
+        started = time.monotonic()
+        rounds = self.location.retry.max_attempts
+        for _ in range(rounds):
+            appended = await head.update(change(lookup), expect_missing=lookup.head_missing)
+            if not appended.recheck:
+                break
+            lookup = await self._look_up(run_id, kind, key)
+            if lookup.found:
+                return False
+        else:
+            reason = f'more than {MARKED_RECENTLY} idempotency keys were marked by other writers during each append'
+            raise RetriesExhaustedError(head.bucket, head.key, rounds, time.monotonic() - started, reason)
         if appended.to_seal:
             await self._seal(run_id, appended.segment, appended.to_seal)
         return appended.stored
+
+    async def _look_up(self, run_id: str, kind: _KeyKind, key: str | None) -> _Lookup:
+        """Whether `key` is known stored, from the head as this store last saw it, or else from its marker.
+
+        The marker is read only for a custom key that the head does not cover while the head has marked keys:
+        StepPersistence's own keys and unkeyed appends cost no request here (the head is usually cached).
+        """
+        stored = await self._head(run_id).update(_peek)
+        if stored is None:
+            return _Lookup(head_missing=True)
+        head = stored
+        if key is None:
+            return _Lookup()
+        marked = kind.marked(head)
+        if kind.covered(head, key):
+            return _Lookup(found=True, marked_before=marked)
+        if marked == 0 or _key_index(key) is not None:
+            return _Lookup(marked_before=marked)
+        name = _marker_name(kind, key)
+        body = await self._head(run_id).read_object(self._folder(run_id) + name)
+        if body is not None and body != _marker_body(key):
+            raise CorruptObjectError(
+                self.location.bucket,
+                self._folder(run_id) + name,
+                'an idempotency key marker holds another key than its name says',
+            )
+        return _Lookup(found=body is not None, marked_before=marked)
 
     @staticmethod
     async def _discard(upload: CasObject[Any]) -> None:
@@ -455,6 +647,10 @@ class S3StepStore(S3Store):
         else:
             self._recent.move_to_end(name)
         return kept
+
+    def _folder(self, run_id: str) -> str:
+        """The key of the run's folder in the bucket, ending with '/'."""
+        return f'{self.location.prefix}steps/{key_part(run_id, what="run_id")}/'
 
     def _run_object(self, run_id: str) -> CasObject[RunRecord | None]:
         return self.location.object(f'runs/{key_part(run_id, what="run_id")}.json', _RUN, run_id=run_id)
