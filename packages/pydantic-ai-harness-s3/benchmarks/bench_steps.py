@@ -16,6 +16,7 @@ from __future__ import annotations as _annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import time
 import uuid
@@ -162,6 +163,9 @@ async def bench_custom_keys(options: dict[str, Any]) -> None:
 
 
 async def main(arguments: argparse.Namespace) -> None:
+    # The embedded server takes any credentials; set some so that no AWS configuration is needed to run this.
+    for name, value in (('AWS_ACCESS_KEY_ID', 'bench'), ('AWS_SECRET_ACCESS_KEY', 'bench')):
+        os.environ.setdefault(name, value)
     with embedded_s3() as url:
         bucket = f'bench-{uuid.uuid4().hex[:12]}'
         raw = boto3.client(
