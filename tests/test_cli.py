@@ -415,3 +415,40 @@ async def test_graph_modules_in_the_current_directory_do_not_shadow_libraries(s3
     result = await cli(s3, 'runs', 'show', 'done', '--graph', 'my_graphs:graph', '--json', cwd=tmp_path)
     assert result.code == 0, result.stderr
     assert result.json()['decoded_with'] == 'my_graphs:graph'
+
+
+def command_paths() -> list[list[str]]:
+    """Every command the CLI has, as the words a user types: `['runs', 'export']`, `['demo']`."""
+    import typer.main
+
+    from pydantic_graph_s3.cli import app
+
+    def walk(command: Any, words: list[str]) -> list[list[str]]:
+        subcommands = getattr(command, 'commands', None)
+        if subcommands is None:
+            return [words]
+        return [path for name, sub in sorted(subcommands.items()) for path in walk(sub, [*words, name])]
+
+    return walk(typer.main.get_command(app), [])
+
+
+async def test_every_usage_line_names_arguments_in_capitals_without_braces() -> None:
+    paths = command_paths()
+    assert ['runs', 'export'] in paths and ['check-endpoint'] in paths and len(paths) >= 14
+    env = {'PATH': os.environ.get('PATH', ''), 'HOME': os.environ.get('HOME', '/tmp'), 'COLUMNS': '200'}
+    usages: dict[str, str] = {}
+
+    async def usage_of(words: list[str]) -> None:
+        done = await anyio.run_process([COMMAND, *words, '--help'], env=env, check=False)
+        assert done.returncode == 0, done.stderr.decode()
+        (line,) = [line.strip() for line in done.stdout.decode().splitlines() if line.strip().startswith('Usage:')]
+        usages[' '.join(words)] = line
+
+    async with anyio.create_task_group() as group:
+        for words in paths:
+            group.start_soon(usage_of, words)
+    for command, line in usages.items():
+        assert re.fullmatch(rf'Usage: pydantic-graph-s3 {command} \[OPTIONS\]( [A-Z][A-Z_]*)*', line), line
+    assert usages['runs export'] == 'Usage: pydantic-graph-s3 runs export [OPTIONS] RUN_ID PATH'
+    assert usages['runs import'] == 'Usage: pydantic-graph-s3 runs import [OPTIONS] PATH RUN_ID'
+    assert usages['runs update-state'] == 'Usage: pydantic-graph-s3 runs update-state [OPTIONS] RUN_ID PATH'

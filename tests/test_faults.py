@@ -39,8 +39,9 @@ class Proxied:
     proxy: FaultProxy
 
     def persistence(self, retry: RetryPolicy = FAST_RETRY, **options: Any) -> S3StatePersistence[Any, Any]:
-        """A persistence of run `faulty` whose requests all go through the proxy, with a short read timeout."""
-        settings = ClientSettings(endpoint_url=self.proxy.url, read_timeout=1.0, connect_timeout=1.0)
+        """A persistence of run `faulty` whose requests all go through the proxy, with a short read timeout: a
+        request the proxy holds times out in a second, and the proxy keeps a slow answer from timing out."""
+        settings = ClientSettings(endpoint_url=self.proxy.url, read_timeout=1.0, connect_timeout=10.0)
         persistence = self.s3.persistence(
             'faulty', session=self.s3.session, client_settings=settings, retry=retry, **options
         )

@@ -82,9 +82,11 @@ async def test_concurrent_record_run_starts_once(s3: S3Bucket) -> None:
     async with anyio.create_task_group() as group:
         for index in range(RACERS):
             group.start_soon(start, index)
-    assert len(started) == 1
-    assert len(refused) == RACERS - 1
-    assert all(type(e).__name__ == 'GraphNodeStatusError' for e in refused)
+    # The racers' errors are kept in the message: a failure under load must be diagnosable from its output.
+    outcome = f'started by {started}, refused with {[f"{type(e).__name__}: {e}" for e in refused]}'
+    assert len(started) == 1, outcome
+    assert len(refused) == RACERS - 1, outcome
+    assert all(type(e).__name__ == 'GraphNodeStatusError' for e in refused), outcome
 
 
 @pytest.mark.timeout(240)

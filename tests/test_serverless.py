@@ -189,14 +189,17 @@ async def test_advance_stops_before_the_deadline_with_a_learned_margin(s3: S3Buc
 
 
 async def test_no_step_starts_without_time_for_it(s3: S3Bucket) -> None:
-    # No storage margin: what is tested is that no step starts, and the status read after that still fits.
-    budget = StepBudget(reserve=0.5, storage_margin=0)
-    w = worker(s3, nap_graph, budget=budget)
-    await w.start('late', Nap(seconds=0.2), CountDownState(counter=5))
+    # No storage margin: what is tested is that no step starts, and the status read after that still fits. The
+    # 30 s left are short of the 60 s reserve, yet leave the reads all the time a slow machine needs.
+    early = worker(s3, nap_graph, budget=StepBudget(reserve=60.0, storage_margin=0))
+    await early.start('late', Nap(seconds=0.2), CountDownState(counter=5))
     before = await s3.get('runs/late.json')
-    result = await w.advance('late', deadline=time.monotonic() + 0.3)
+    result = await early.advance('late', deadline=time.monotonic() + 30.0)
     assert result == StepResult(run_id='late', status='running', steps=0, next_node='Nap')
     assert await s3.get('runs/late.json') == before
+
+    budget = StepBudget(reserve=0.5, storage_margin=0)
+    w = worker(s3, nap_graph, budget=budget)
 
     # The learned step length counts too: with 5 s steps seen, 10 s is enough for a first step only (sized so
     # that a slow read before the first step still leaves it room, and the second can never fit).
@@ -220,7 +223,7 @@ async def test_two_concurrent_advances_make_one_busy(s3: S3Bucket) -> None:
     first, second = worker(s3, hold_graph), worker(s3, hold_graph)
     await first.start('held', Hold(gate='busy'), CountDownState(counter=7))
     running = asyncio.create_task(first.advance('held'))
-    await asyncio.wait_for(gate.entered.wait(), 10)
+    await asyncio.wait_for(gate.entered.wait(), 120)  # a safety net only: the step starts, however slowly
 
     busy = await second.advance('held')
     assert busy == StepResult(run_id='held', status='busy', steps=0, next_node='Hold')

@@ -25,6 +25,7 @@ try:
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
     from rich.table import Table
     from rich.text import Text
+    from typer.core import TyperArgument, TyperCommand
 except ImportError as e:  # pragma: no cover - only without the [cli] extra
     raise SystemExit("the pydantic-graph-s3 command needs its extra: pip install 'pydantic-graph-s3[cli]'") from e
 
@@ -71,6 +72,25 @@ class ExitCode(IntEnum):
     UNSAFE_ENDPOINT = 7
     DECLINED = 8
     """A confirmation was answered no, or could not be asked (no terminal, no --yes): nothing was changed."""
+
+
+class _Command(TyperCommand):
+    """Usage lines name the arguments as their help does, `RUN_ID PATH`: recent Typer writes `{RUN_ID} {PATH}`."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        # `ctx` is click's Context, which Typer 0.29 vendors (typer._click) and older versions import.
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            pieces.extend([_usage_name(param)] if isinstance(param, TyperArgument) else param.get_usage_pieces(ctx))
+        return pieces
+
+
+def _usage_name(argument: TyperArgument) -> str:
+    """`PATH`, `[PATH]` when optional, `PATH...` when repeatable: click's own style."""
+    name = argument.metavar or (argument.name or '').upper()
+    if argument.nargs != 1:
+        name += '...'
+    return name if argument.required else f'[{name}]'
 
 
 app = typer.Typer(
@@ -124,7 +144,7 @@ def _root() -> None:
     """pydantic-graph runs stored in S3 with compare-and-swap writes."""
 
 
-@app.command()
+@app.command(cls=_Command)
 def demo(
     bucket: Annotated[
         str | None,
@@ -142,7 +162,7 @@ def demo(
     console.print(Text.assemble(('run finished', 'green'), f' with output {output}'))
 
 
-@app.command()
+@app.command(cls=_Command)
 def package(
     output: Annotated[Path, typer.Option(help='The .zip to write.')] = Path('build/lambda.zip'),
     include: Annotated[
@@ -174,7 +194,7 @@ def package(
     console.print(Text.assemble(('built', 'green'), f' {built} ({built.stat().st_size / 1e6:.1f} MB)'))
 
 
-@runs_app.command('list')
+@runs_app.command('list', cls=_Command)
 def list_runs(
     bucket: BucketOption,
     prefix: PrefixOption = '',
@@ -216,7 +236,7 @@ def list_runs(
     console.print(table)
 
 
-@runs_app.command()
+@runs_app.command(cls=_Command)
 def show(
     run_id: RunIdArgument,
     bucket: BucketOption,
@@ -259,7 +279,7 @@ def show(
         console.print('not ended')
 
 
-@runs_app.command('export')
+@runs_app.command('export', cls=_Command)
 def export_run(
     run_id: RunIdArgument,
     path: Annotated[
@@ -275,7 +295,7 @@ def export_run(
     console.print(Text(f'exported {run_id} ({summary.size} B) to {path}'))
 
 
-@runs_app.command('import')
+@runs_app.command('import', cls=_Command)
 def import_run(
     path: Annotated[
         Path, typer.Argument(metavar='PATH', exists=True, dir_okay=False, help='A FileStatePersistence file.')
@@ -292,7 +312,7 @@ def import_run(
     console.print(Text(f'imported {path} as s3://{bucket}/{summary.key} ({summary.snapshots} snapshots)'))
 
 
-@runs_app.command()
+@runs_app.command(cls=_Command)
 def delete(
     run_id: RunIdArgument,
     bucket: BucketOption,
@@ -317,7 +337,7 @@ def delete(
     console.print(Text(f'deleted {run_id}'))
 
 
-@runs_app.command()
+@runs_app.command(cls=_Command)
 def prune(
     bucket: BucketOption,
     ended_before: Annotated[
@@ -352,7 +372,7 @@ def prune(
     console.print(table)
 
 
-@runs_app.command()
+@runs_app.command(cls=_Command)
 def recover(
     run_id: RunIdArgument,
     bucket: BucketOption,
@@ -380,7 +400,7 @@ def recover(
     console.print(Text(f'recovered {run_id}: {len(released)} step(s) runnable again: {", ".join(released)}'))
 
 
-@runs_app.command('stats')
+@runs_app.command('stats', cls=_Command)
 def stats(
     bucket: BucketOption,
     prefix: PrefixOption = '',
@@ -429,7 +449,7 @@ StateFileOption = Annotated[
 ]
 
 
-@runs_app.command('fork')
+@runs_app.command('fork', cls=_Command)
 def fork_run(
     run_id: RunIdArgument,
     at: Annotated[str, typer.Option('--at', help='The node snapshot to fork at (`runs show` lists the ids).')],
@@ -446,7 +466,7 @@ def fork_run(
     console.print(f'forked {run_id} at {at} as {to}: its next step is snapshot {copy_id}')
 
 
-@runs_app.command('rollback')
+@runs_app.command('rollback', cls=_Command)
 def rollback_run(
     run_id: RunIdArgument,
     to: Annotated[str, typer.Option('--to', help='The node snapshot to continue from (`runs show` lists the ids).')],
@@ -472,10 +492,12 @@ def rollback_run(
     console.print(f'rolled {run_id} back to {to}: its next step is snapshot {copy_id}')
 
 
-@runs_app.command('update-state')
+@runs_app.command('update-state', cls=_Command)
 def update_state(
     run_id: RunIdArgument,
-    path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help='A JSON file holding the new state.')],
+    path: Annotated[
+        Path, typer.Argument(metavar='PATH', exists=True, dir_okay=False, help='A JSON file holding the new state.')
+    ],
     bucket: BucketOption,
     graph: GraphOption = None,
     prefix: PrefixOption = '',
@@ -490,7 +512,7 @@ def update_state(
     console.print(f'updated the state of snapshot {snapshot_id} of {run_id}')
 
 
-@app.command('check-endpoint')
+@app.command('check-endpoint', cls=_Command)
 def check_endpoint(bucket: BucketOption, prefix: PrefixOption = '', as_json: JsonOption = False) -> None:
     """Check that the endpoint honours If-Match and If-None-Match, on a probe object it then deletes."""
     _checked_bucket(bucket)

@@ -6,6 +6,12 @@ made up without forwarding, requests held until the client's read timeout fires,
 where the request reaches S3 (a write lands) but the client gets an error, a timeout or a dropped connection.
 
 The proxy runs its own event loop in a background thread, so sync and async tests use it the same way.
+
+Tests keep the client's read timeout short, so that a held request times out quickly; a loaded machine must not
+make a healthy request time out as well. So while S3 works on a request that will be answered, the proxy sends
+the client `102 Processing` interim responses, which aiohttp skips and which stop its read timer (aiohttp 3.14
+drops the timer at any message without a body): a read timeout then only ever comes from a request the proxy
+holds back on purpose.
 """
 
 from __future__ import annotations as _annotations
@@ -46,6 +52,9 @@ _HOP_BY_HOP = frozenset(
 )
 # Nor is `Expect: 100-continue`: the proxy already read the body. SigV4 never signs any of these.
 _NOT_FORWARDED = _HOP_BY_HOP | {'expect'}
+# How often a request still being answered upstream shows the client it is alive: well under any read timeout a
+# test sets (0.3 s is the shortest).
+_KEEPALIVE_INTERVAL = 0.05
 
 
 @dataclass(frozen=True)
@@ -226,7 +235,10 @@ class _Server:
         upstream_status = None
         if fault is None or fault.forward:
             try:
-                upstream = await self._forward(request, body)
+                # Only before an answer: aiohttp stops its read timer at a 1xx, so a held request would never time
+                # out, and a drop must come with nothing received.
+                keep_alive = fault is None or fault.status is not None
+                upstream = await self._forward(request, body, keep_alive=keep_alive)
             except aiohttp.ClientError as e:
                 self._record(request, 502, fault, None)
                 return web.Response(status=502, text=f'fault proxy: upstream failed: {e!r}')
@@ -247,7 +259,16 @@ class _Server:
             request.transport.abort()
         return web.Response(status=499)  # never sent: the connection is gone
 
-    async def _forward(self, request: web.BaseRequest, body: bytes) -> aiohttp.ClientResponse:
+    async def _forward(self, request: web.BaseRequest, body: bytes, *, keep_alive: bool) -> aiohttp.ClientResponse:
+        """Send the request upstream; with `keep_alive`, send the client `102 Processing` until S3 answers."""
+        forwarding = asyncio.ensure_future(self._send_upstream(request, body))
+        while keep_alive and not forwarding.done():
+            await asyncio.wait((forwarding,), timeout=_KEEPALIVE_INTERVAL)
+            if not forwarding.done() and request.transport is not None and not request.transport.is_closing():
+                await request.writer.write(b'HTTP/1.1 102 Processing\r\n\r\n')
+        return await forwarding
+
+    async def _send_upstream(self, request: web.BaseRequest, body: bytes) -> aiohttp.ClientResponse:
         dropped = _NOT_FORWARDED | self.proxy._stripped
         headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in dropped)
         return await self.session.request(
