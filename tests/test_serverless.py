@@ -182,7 +182,9 @@ async def test_advance_stops_before_the_deadline_with_a_learned_margin(s3: S3Buc
     assert finished < deadline
     # Each step takes 1 s plus its writes; it stops once under 0.1 + 2 x the longest step is left.
     assert budget.longest >= 1.0
-    assert 2 <= result.steps <= 6
+    assert 1 <= result.steps <= 7, 'every step sleeps 1 s, and only 8 s were given'
+    if budget.longest < 2.6:  # then 8 s - longest > 0.1 + 2 x longest: a second step had time, on any machine
+        assert result.steps >= 2
     assert deadline - finished < budget.reserve + (budget.factor + 1) * budget.longest
     snapshots = await history(s3, 'nap', nap_graph)
     assert [s.status for s in snapshots] == ['success'] * result.steps + ['created']
