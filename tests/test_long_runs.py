@@ -21,6 +21,7 @@ from pydantic_graph_s3 import (
     RetryPolicy,
     RunStore,
 )
+from pydantic_graph_s3.cleanup import ORPHAN_GRACE
 from pydantic_graph_s3.layout import SEAL_THRESHOLD, decode_head, segment_group_prefix, segment_id_for, segment_key
 from pydantic_graph_s3.persistence import graph_types
 from pydantic_s3_cas import shared_client
@@ -318,10 +319,14 @@ async def test_listing_deleting_and_pruning_cover_every_object(s3: S3Bucket) -> 
     a = await store.get_run('a')
     await store.delete_run('a', etag=a.etag)
     assert not any(k.startswith('runs/a') for k in await keys(s3))
-    # An orphan group whose head is gone (an import that died before its head) is swept by prune.
+    # An orphan group whose head is gone (an import that died before its head) is swept by prune, once it is older
+    # than ORPHAN_GRACE: an import still under way could own a younger one.
     await s3.put('runs/gone~0123456789ab~00000001.json', b'[]')
     outcomes = [o async for o in store.prune(ended_before=datetime.now(tz=UTC) + timedelta(minutes=1))]
     assert sorted(o.run.run_id for o in outcomes if o.deleted) == ['b', 'small']
+    assert await keys(s3) == ['runs/gone~0123456789ab~00000001.json']
+    later = datetime.now(tz=UTC) + ORPHAN_GRACE + timedelta(minutes=1)
+    assert [o async for o in store.prune(ended_before=later, now=later)] == []
     assert await keys(s3) == []
 
 

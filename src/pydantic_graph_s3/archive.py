@@ -60,7 +60,8 @@ async def import_run(
             raise ObjectExistsError(objects.bucket, key)
         return Change(stored, None, creates)
 
-    await objects.object(key).update(create)
+    with objects.creating():  # its segments are written before its head: see `cleanup.ORPHAN_GRACE`
+        await objects.object(key).update(create)
     return await objects.get_run(run_id)
 
 

@@ -161,13 +161,18 @@ class RunStore:
         """
         return await archive.import_run(self._objects, path, run_id, graph)
 
-    async def prune(self, *, ended_before: datetime, dry_run: bool = False) -> AsyncIterator[PruneOutcome]:
+    async def prune(
+        self, *, ended_before: datetime, dry_run: bool = False, now: datetime | None = None
+    ) -> AsyncIterator[PruneOutcome]:
         """Delete the ended runs last written before `ended_before`, yielding what happened to every run.
 
         Only runs whose last snapshot is an end snapshot qualify. Each delete is conditional on the version
-        read, so a run written meanwhile is kept. With `dry_run`, nothing is deleted.
+        read, so a run written meanwhile is kept. With `dry_run`, nothing is deleted. Segments whose run has no
+        head (a delete or an import cut short) are deleted too once written before `ended_before` and more than
+        `ORPHAN_GRACE` (a day) before `now` (default: this machine's clock); nothing else is ever deleted (see
+        `cleanup`).
         """
-        async for outcome in cleanup.prune(self._objects, ended_before=ended_before, dry_run=dry_run):
+        async for outcome in cleanup.prune(self._objects, ended_before=ended_before, dry_run=dry_run, now=now):
             yield outcome
 
     async def fork_run(
@@ -188,7 +193,8 @@ class RunStore:
         fork, copy_id = fork_head(elements, source_run_id=run_id, at=at, state=replacement, now=datetime.now(tz=UTC))
         graph_types(graph).snapshots(fork.snapshots[-1:])  # the copy decodes as this graph's, before it is written
         target = self.persistence(new_run_id, graph)
-        return await target.apply(lambda ctx: partial(create_fork, ctx, self.bucket, fork, copy_id))
+        with self._objects.creating():  # its segments are written before its head: see `cleanup.ORPHAN_GRACE`
+            return await target.apply(lambda ctx: partial(create_fork, ctx, self.bucket, fork, copy_id))
 
     async def rollback_run(
         self,

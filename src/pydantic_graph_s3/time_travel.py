@@ -21,8 +21,9 @@ from typing import Any, Literal
 import pydantic
 from pydantic_graph.graph import Graph
 
-from pydantic_s3_cas import Change, ObjectChangedError, ObjectExistsError, ObjectNotFoundError
+from pydantic_s3_cas import Change, ObjectChangedError, ObjectExistsError, ObjectNotFoundError, quoted, shortened
 
+from ._messages import describe_validation_error, listed, schema_field_names
 from .changes import RunContext, is_stale
 from .layout import Claim, Element, RunHead, encode_head
 
@@ -91,7 +92,7 @@ class SnapshotNotFoundError(LookupError):
     def __init__(self, run_id: str, snapshot_id: str) -> None:
         self.run_id, self.snapshot_id = run_id, snapshot_id
         super().__init__(
-            f'run {run_id} has no snapshot {snapshot_id!r}: `pydantic-graph-s3 runs show {run_id}` lists its ids'
+            f'run {run_id} has no snapshot {quoted(snapshot_id)}: `pydantic-graph-s3 runs show {run_id}` lists its ids'
         )
 
 
@@ -115,12 +116,9 @@ def validated_state(graph: Graph[Any, Any, Any], state: Any) -> Any:
     try:
         value = adapter.validate_json(state) if isinstance(state, str | bytes) else adapter.validate_python(state)
     except pydantic.ValidationError as e:
-        problems = e.errors(include_url=False, include_input=False)
-        where = '; '.join(
-            f'{".".join(str(p) for p in error["loc"]) or "top level"}: {error["msg"]}' for error in problems[:3]
-        )
-        name = getattr(state_type, '__name__', str(state_type))
-        raise StateValidationError(f'the state is not a valid {name} ({len(problems)} error(s): {where})') from None
+        where = describe_validation_error(e, field_names=schema_field_names(adapter.core_schema))
+        name = shortened(getattr(state_type, '__name__', str(state_type)))
+        raise StateValidationError(f'the state is not a valid {name} ({e.error_count()} error(s): {where})') from None
     return adapter.dump_python(value, mode='json')
 
 
@@ -143,7 +141,8 @@ def _node_to_copy(elements: Sequence[Element], run_id: str, snapshot_id: str) ->
         if element.id == snapshot_id:
             if element.kind != 'node':
                 raise SnapshotKindError(
-                    f'snapshot {snapshot_id!r} of run {run_id} is its end snapshot: choose a node snapshot before it'
+                    f'snapshot {quoted(snapshot_id)} of run {run_id} is its end snapshot: '
+                    'choose a node snapshot before it'
                 )
             return index
     raise SnapshotNotFoundError(run_id, snapshot_id)
@@ -162,7 +161,8 @@ def fork_head(
     live = [e.id for e in elements[:index] if not e.finished]
     if live:
         raise RunBusyError(
-            f'snapshot(s) {", ".join(live)} of run {source_run_id} before {at!r} are not finished: fork at one of them'
+            f'snapshot(s) {listed(live)} of run {source_run_id} before {quoted(at)} are not finished: '
+            'fork at one of them'
         )
     copy = _copied(elements[index], run_id=source_run_id, reason='fork', state=state, now=now)
     return RunHead((*elements[:index], copy)), copy.id
@@ -223,7 +223,7 @@ def rollback(
     """
     _check_head(head, expected, bucket, ctx.key, 'the rollback')
     if head.snapshots[-1].kind == 'end':
-        raise RunBusyError(f'run {run_id} has ended: fork it at snapshot {to!r} instead (`runs fork`)')
+        raise RunBusyError(f'run {run_id} has ended: fork it at snapshot {quoted(to)} instead (`runs fork`)')
     now = ctx.clock()
     stale = _refuse_live_claims(head, now, stale_after, run_id)
     _, element = ctx.locate(head, to)

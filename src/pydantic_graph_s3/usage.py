@@ -4,8 +4,8 @@ A run is read as little as possible: its objects' count and bytes come from the 
 (the object `{prefix}{run_id}.json`, the one a worker writes) is read, split into its snapshots and never
 validated against a graph: the number of snapshots and the last one's status, claim and times are all the
 summary needs.
-Objects whose key holds a `~` (`{prefix}{run_id}~...`) belong to the run named before the `~`: they add to that
-run's objects and bytes, and are never counted as runs.
+A run's segments (`{prefix}{run_id}~{segment_id}~{seq:08d}.json`, exactly) add to that run's objects and bytes, and
+are never counted as runs; other objects are nobody's and not counted.
 
 What was read from each head is remembered in `{prefix}~usage.json` (`UsageMemo`), under the ETag the listing
 shows for it. The next summary reads again only the heads whose ETag changed: a finished run never changes, so
@@ -17,7 +17,7 @@ from __future__ import annotations as _annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, get_args
 
@@ -112,6 +112,8 @@ class UsageStats:
     headless_bytes: int = 0
     requests: int = 0
     """Requests this summary cost: listing pages, one GET per head read, and the memo's GET and PUT."""
+    memo_entries_skipped: int = 0
+    """Entries of `{prefix}~usage.json` that were not valid: left out (those heads were read again) and replaced."""
 
 
 Phase = Literal['claimed', 'waiting', 'ended', 'failed', 'unreadable']
@@ -184,6 +186,8 @@ class UsageMemo:
     """The facts read from each run's head, by run id, with the ETag of the bytes they were read from."""
 
     heads: Mapping[str, tuple[str, HeadFacts]] = field(default_factory=dict)
+    skipped: int = field(default=0, compare=False)
+    """Entries of the stored memo that were not valid (damaged, or of another writer), left out and read again."""
 
     def facts(self, run_id: str, etag: str) -> HeadFacts | None:
         """What the head with this ETag says, if it was read before (`None`: read it)."""
@@ -199,7 +203,8 @@ class UsageMemoCodec:
     """The memo as JSON: `{"pydantic_graph_s3": "usage-1", "heads": {run_id: [etag, snapshots, phase, claimed_at]}}`.
 
     It is a cache, so bytes it does not recognise (a future format, a damaged object) decode to an empty memo,
-    which costs one full read of the heads and is then written over, instead of failing the summary.
+    and an entry it does not recognise is left out (counted in `skipped`): either costs reading those heads again,
+    and is then written over, instead of failing the summary.
     """
 
     def decode(self, body: bytes) -> UsageMemo:
@@ -207,9 +212,16 @@ class UsageMemoCodec:
             document = pydantic_core.from_json(body)
             if document.get('pydantic_graph_s3') != _MEMO_FORMAT:
                 return UsageMemo()
-            return UsageMemo({run_id: _decode_entry(entry) for run_id, entry in document['heads'].items()})
+            entries = dict(document['heads'])
         except (ValueError, TypeError, KeyError, AttributeError):
             return UsageMemo()
+        heads: dict[str, tuple[str, HeadFacts]] = {}
+        for run_id, entry in entries.items():
+            try:
+                heads[run_id] = _decode_entry(entry)
+            except (ValueError, TypeError):
+                continue
+        return UsageMemo(heads, skipped=len(entries) - len(heads))
 
     def encode(self, value: UsageMemo) -> bytes:
         heads = {run_id: _encode_entry(etag, facts) for run_id, (etag, facts) in sorted(value.heads.items())}
@@ -228,10 +240,16 @@ def _encode_entry(etag: str, facts: HeadFacts) -> list[Any]:
 
 
 def _decode_entry(entry: Any) -> tuple[str, HeadFacts]:
+    """One memo entry, checked as strictly as a head: a count is an int (not a bool), a claim time has a zone."""
+    if not isinstance(entry, list) or len(entry) != 4:
+        raise ValueError('not a memo entry')
     etag, snapshots, phase, claimed_at = entry
-    if not isinstance(etag, str) or not isinstance(snapshots, int) or phase not in _PHASES:
+    is_count = isinstance(snapshots, int) and not isinstance(snapshots, bool) and snapshots >= 0
+    if not isinstance(etag, str) or not is_count or phase not in _PHASES:
         raise ValueError('not a memo entry')
     claimed = None if claimed_at is None else datetime.fromisoformat(claimed_at)
+    if claimed is not None and claimed.tzinfo is None:
+        raise ValueError('a claim time without a time zone')
     if (phase == 'claimed') != (claimed is not None):
         raise ValueError('a claimed phase needs its claim time, and only it has one')
     return etag, HeadFacts(snapshots, phase, claimed)
@@ -324,10 +342,18 @@ async def summarize_usage(
     """See `RunStore.stats`."""
     if stuck_after <= timedelta(0):
         raise ValueError(f'stuck_after must be positive, got {stuck_after}')
+    if now is not None and now.tzinfo is None:
+        raise ValueError('now must be timezone-aware (e.g. datetime(..., tzinfo=UTC))')
     tally = UsageTally(datetime.now(tz=UTC) if now is None else now, stuck_after)
     requests_before = objects.request_stats.requests
     memo_object = objects.cas_object(usage_memo_key(objects.prefix), USAGE_MEMO)
     memo, memo_etag = await memo_object.load_versioned() if remember else (UsageMemo(), None)
+    if memo.skipped:
+        logger.warning(
+            'usage memo %s: %d invalid entr(ies) left out; those heads are read again and the memo rewritten',
+            memo_object.key,
+            memo.skipped,
+        )
     limiter = anyio.CapacityLimiter(objects.read_concurrency)
 
     async def read_head_of(run_id: str, info: ObjectInfo) -> None:
@@ -351,11 +377,11 @@ async def summarize_usage(
                         tally.add_head(run_id, known, info.etag, info.last_modified)
                     else:
                         group.start_soon(read_head_of, run_id, info)
-                elif (owner := objects.owner_of(info.key)) is not None:
-                    tally.add_object(owner, info.size)
-    if remember and (latest := tally.memo()) != memo:
+                elif (segment := objects.segment_of(info.key)) is not None:
+                    tally.add_object(segment.run_id, info.size)
+    if remember and ((latest := tally.memo()) != memo or memo.skipped):
         await _remember(memo_object, latest, missing=memo_etag is None)
-    return tally.result(objects.request_stats.requests - requests_before)
+    return replace(tally.result(objects.request_stats.requests - requests_before), memo_entries_skipped=memo.skipped)
 
 
 async def _remember(memo_object: CasObject[UsageMemo], memo: UsageMemo, *, missing: bool) -> None:

@@ -49,6 +49,7 @@ from .errors import (
     ObjectTooLargeError,
     RetriesExhaustedError,
     S3PersistenceError,
+    shortened,
 )
 from .telemetry import logger as default_logger
 from .telemetry import span
@@ -278,7 +279,8 @@ class RequestScope:
                 raise
             finally:
                 request_span.set_attribute('outcome', record.outcome)
-                request_span.set_attribute('etag', record.etag or '')
+                # The ETag may be a caller's (a delete's `If-Match`): quoted cut short, like any caller input.
+                request_span.set_attribute('etag', shortened(record.etag or ''))
                 self.logger.debug(
                     '%s s3://%s/%s attempt %d: %s (ETag %s)',
                     operation,
@@ -286,7 +288,7 @@ class RequestScope:
                     self.key,
                     attempt,
                     record.outcome,
-                    record.etag,
+                    None if record.etag is None else shortened(record.etag),
                     extra=self._log_extra(),
                 )
 

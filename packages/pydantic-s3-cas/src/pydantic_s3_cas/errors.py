@@ -223,7 +223,7 @@ class ObjectChangedError(S3PersistenceError):
         super().__init__(
             bucket,
             key,
-            f'object changed since it was read (it no longer has ETag {etag}), so {operation} did nothing. '
+            f'object changed since it was read (it no longer has ETag {shortened(etag)}), so {operation} did nothing. '
             'Read it again and decide again: a worker may be advancing this run.',
         )
 
