@@ -6,6 +6,7 @@ one made with `remember=False` (every head read), so a memo that answered wrongl
 
 from __future__ import annotations as _annotations
 
+import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -156,3 +157,24 @@ async def test_the_cli_remembers_unless_told_not_to(s3: S3Bucket) -> None:
     assert remembering.code == 0 and await memo_exists()
     assert remembering.json()['by_status'] == forgetful.json()['by_status']
     assert (await cli(s3, 'runs', 'stats', '--json')).json()['requests'] == 1 + 1, 'one LIST, the memo'
+
+
+async def test_an_invalid_memo_entry_is_left_out_and_reported_never_a_crash(s3: S3Bucket) -> None:
+    await make_runs(s3, ended=2, waiting=1)
+    listed = await s3.raw.list_objects_v2(Bucket=s3.bucket, Prefix='runs/')
+    etags = {item['Key']: item['ETag'] for item in listed['Contents']}
+    # Each entry names the head's current ETag, so the summary would use it as is.
+    entries = {
+        'waiting-0': [etags['runs/waiting-0.json'], 1, 'claimed', '2026-01-01T00:00:00'],  # a claim time without zone
+        'ended-0': [etags['runs/ended-0.json'], True, 'ended', None],  # a count that is a bool
+        'ended-1': [etags['runs/ended-1.json'], 4, 'ended', None, 'extra'],
+    }
+    await s3.put(MEMO, json.dumps({'pydantic_graph_s3': 'usage-1', 'heads': entries}).encode())
+
+    shown = await cli(s3, 'runs', 'stats', '--json')
+    assert shown.code == 0, shown.stderr
+    assert shown.json()['memo_entries_skipped'] == 3
+    # The memo was written over: the next summary has nothing to skip, and agrees with one that reads every head.
+    again, cost = await summary(s3)
+    assert again.memo_entries_skipped == 0 and cost['gets'] == 1
+    assert same_summary(again, (await summary(s3, remember=False))[0])
