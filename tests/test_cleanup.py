@@ -55,6 +55,20 @@ async def segmented_run(s3: S3Bucket, run_id: str, prefix: str = 'p/', *, ended:
     return [k for k in await keys(s3, prefix) if (name := parse_segment_name(prefix, k)) and name.run_id == run_id]
 
 
+async def waiting_run(s3: S3Bucket, run_id: str) -> int:
+    """A run with sealed history whose last snapshot waits for a worker (so prune keeps it); returns its length.
+
+    A fork of an ended run, at its 9th snapshot; the ended run is deleted.
+    """
+    runs = store(s3)
+    await segmented_run(s3, f'seed-{run_id}')
+    at = (await runs.history(f'seed-{run_id}')).snapshots[8].id
+    await runs.fork_run(f'seed-{run_id}', at=at, new_run_id=run_id, graph=pad_graph)
+    await runs.delete_run(f'seed-{run_id}', etag=(await runs.get_run(f'seed-{run_id}')).etag)
+    assert decode_head((await s3.get(f'p/{run_id}.json'))[0]).segmented
+    return 9
+
+
 async def put_foreign(s3: S3Bucket) -> None:
     for key in FOREIGN:
         await s3.put(key, b'not a run')
@@ -147,7 +161,7 @@ async def test_prune_checks_again_that_the_head_is_absent_before_deleting(
 ) -> None:
     # The listing prune decides from is taken before the head of a run being created lands; the segments are
     # old enough to sweep (`now` far ahead), so only the check just before deleting can keep them.
-    await segmented_run(s3, 'late')
+    snapshots = await waiting_run(s3, 'late')
     head_body, _, _ = await s3.get('p/late.json')
     await s3.raw.delete_object(Bucket=s3.bucket, Key='p/late.json')
     listing = RunObjects.pages
@@ -159,9 +173,9 @@ async def test_prune_checks_again_that_the_head_is_absent_before_deleting(
             await s3.put('p/late.json', head_body)
 
     monkeypatch.setattr(RunObjects, 'pages', then_the_head_lands)
-    outcomes = [o async for o in store(s3).prune(ended_before=datetime(2000, 1, 1, tzinfo=UTC), now=FAR)]
+    outcomes = [o async for o in store(s3).prune(ended_before=FAR, now=FAR)]
     assert [(o.run.run_id, o.deleted) for o in outcomes] == [('late', False)]
-    assert await readable(s3, 'late', 'p/') == 11
+    assert await readable(s3, 'late', 'p/') == snapshots
 
 
 async def test_delete_refuses_a_head_written_since_and_deletes_nothing(s3: S3Bucket) -> None:

@@ -23,15 +23,33 @@ from pydantic_graph_s3 import RunStore
 from pydantic_s3_cas.child_process import popen_dying_with_parent
 
 from .conftest import S3Bucket
-from .test_cleanup import FOREIGN, put_foreign, readable, segmented_run
+from .test_cleanup import FOREIGN, put_foreign, readable, segmented_run, waiting_run
 from .test_long_runs import PAD, Pad, PadState, keys, pad_graph
 
 pytestmark = pytest.mark.anyio
 
 ROOT = Path(__file__).resolve().parent.parent
 # (kill at request n, before it is sent or after its answer; 0: not killed) for the creator and the pruner.
-CREATOR_KILLS = [(0, 'before'), (2, 'before'), (4, 'after'), (6, 'before'), (8, 'after'), (10, 'before'), (13, 'after')]
-PRUNER_KILLS = [(0, 'before'), (2, 'after'), (0, 'before'), (4, 'before'), (6, 'after'), (3, 'before'), (8, 'after')]
+CREATOR_KILLS = [
+    (0, 'before'),
+    (2, 'before'),
+    (5, 'after'),
+    (8, 'before'),
+    (11, 'after'),
+    (14, 'before'),
+    (0, 'before'),
+    (16, 'after'),
+]
+PRUNER_KILLS = [
+    (0, 'before'),
+    (3, 'after'),
+    (0, 'before'),
+    (5, 'before'),
+    (7, 'after'),
+    (2, 'before'),
+    (9, 'before'),
+    (0, 'before'),
+]
 SAFETY_NET_SECONDS = 300
 
 
@@ -41,12 +59,8 @@ async def test_a_prune_racing_an_import_and_a_fork_loses_no_run(s3: S3Bucket, tm
     await put_foreign(s3)
     other = await segmented_run(s3, 'r', prefix='p/q~/')
     # The source of every fork and import: a run with sealed history whose last snapshot waits (never pruned).
-    await segmented_run(s3, 'seed')
-    seed = await store.history('seed')
-    at = seed.snapshots[8].id
-    await store.fork_run('seed', at=at, new_run_id='base', graph=pad_graph)
+    base_snapshots = await waiting_run(s3, 'base')
     await store.export_run('base', tmp_path / 'base.json')
-    base_snapshots = await readable(s3, 'base', 'p/')
     fork_at = (await store.history('base')).snapshots[6].id
 
     env = {
