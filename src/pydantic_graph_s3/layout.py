@@ -28,6 +28,7 @@ import pydantic
 import pydantic_core
 
 __all__ = (
+    'RUN_ID_PATTERN',
     'SEAL_THRESHOLD',
     'SEGMENTED_FORMAT',
     'Claim',
@@ -36,6 +37,7 @@ __all__ = (
     'decode_head',
     'decode_segment',
     'encode_head',
+    'parse_segment_key',
     'render_list',
     'seal',
     'segment_key',
@@ -168,6 +170,33 @@ def segment_group_prefix(head_key: str) -> str:
 
 def segment_key(head_key: str, segment_id: str, seq: int) -> str:
     return f'{segment_group_prefix(head_key)}{segment_id}~{seq:08d}.json'
+
+
+RUN_ID_PATTERN = r'[A-Za-z0-9._=-]{1,200}'
+"""The characters of a run id (`persistence.validate_run_id` also refuses `.` and `..`): never `/` nor `~`."""
+# A segment id is 12 hex digits (runs sealed before 0.x took it from the first snapshot id) or 32 (a creation
+# nonce); seq is `{seq:08d}`: 8 digits, or more without a leading zero past 99,999,999.
+_SEGMENT_NAME = re.compile(
+    rf'(?P<run_id>{RUN_ID_PATTERN})~(?P<segment_id>[0-9a-f]{{12}}|[0-9a-f]{{32}})~(?P<seq>[0-9]{{8}}|[1-9][0-9]{{8,}})\.json'
+)
+
+
+def parse_segment_key(prefix: str, key: str) -> tuple[str, str, int] | None:
+    """`(run_id, segment_id, seq)` when `key` is exactly a segment key this library writes under `prefix`, else
+    `None`: the one test of whether an object is a run's sealed history (an orphan sweep deletes nothing else).
+
+    Exact: `segment_key` of the result gives `key` back, the run id is a valid one, nothing is nested deeper than
+    `prefix`, and seq is at least 1.
+    """
+    if not key.startswith(prefix):
+        return None
+    match = _SEGMENT_NAME.fullmatch(key, len(prefix))
+    if match is None or match['run_id'] in ('.', '..'):
+        return None
+    run_id, segment_id, seq = match['run_id'], match['segment_id'], int(match['seq'])
+    if seq < 1 or segment_key(f'{prefix}{run_id}.json', segment_id, seq) != key:
+        return None
+    return run_id, segment_id, seq
 
 
 def seal(head: RunHead, final: frozenset[str] | None = None) -> tuple[RunHead, list[Segment]]:

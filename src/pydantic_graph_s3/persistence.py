@@ -60,7 +60,7 @@ from pydantic_s3_cas.telemetry import span
 
 from . import changes
 from .changes import Fenced, Finished, HeadCodec, NeedSealed, RunContext, Sealed, SnapshotTypes
-from .layout import Claim, Element, RunHead, decode_head, decode_segment, segment_key
+from .layout import RUN_ID_PATTERN, Claim, Element, RunHead, decode_head, decode_segment, segment_key
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -122,7 +122,7 @@ class UnfencedClaimError(S3PersistenceError):
         )
 
 
-_RUN_ID = re.compile(r'[A-Za-z0-9._=-]{1,200}')
+_RUN_ID = re.compile(RUN_ID_PATTERN)
 
 
 def validate_run_id(run_id: str) -> str:
