@@ -97,20 +97,17 @@ class Element:
         """This element with top-level keys set (`status`, `start_ts`, `duration`, `claim`); other bytes kept.
 
         Values are rendered by pydantic-core, as the snapshot list adapter renders them, so a patched element is
-        byte for byte what re-encoding the whole snapshot would give for a snapshot pydantic wrote.
+        byte for byte what re-encoding the whole snapshot would give for a snapshot pydantic wrote. `claim=None`
+        removes the claim.
         """
-        raw = self.raw
+        values: dict[str, Any] = {}
         for key, value in changes.items():
-            if key == 'claim' and value is None:
-                raw = _without_member(raw, key)
-                continue
             if key == 'claim':
-                rendered = None if value is None else _CLAIM.dump_python(value, mode='json', exclude_none=True)
+                values[key] = _REMOVED if value is None else _CLAIM.dump_python(value, mode='json', exclude_none=True)
             else:
-                rendered = value
-            raw = _set_member(raw, key, pydantic_core.to_json(rendered, indent=2))
+                values[key] = value
         fields: dict[str, Any] = {k: v for k, v in changes.items() if k in ('status', 'claim')}
-        return replace(self, raw=raw, **fields)
+        return replace(self, raw=_patched_object(self.raw, values), **fields)
 
 
 @dataclass(frozen=True)
@@ -264,7 +261,7 @@ def decode_head(body: bytes) -> RunHead:
         return _checked(RunHead(tuple(split_list(body))))
     if body[start : start + 1] != b'{':
         raise ValueError('not a snapshot list: the top level is neither a list nor a segmented run head')
-    members = dict((key, (begin, end)) for key, begin, end in _members(body, start))
+    members = {key: (begin, end) for key, _, begin, end in _members(body, start)}
     format_span = members.get(_FORMAT_KEY)
     if format_span is None or _json(body[slice(*format_span)]) != SEGMENTED_FORMAT:
         raise ValueError(f'not a snapshot list: an object without "{_FORMAT_KEY}": "{SEGMENTED_FORMAT}"')
@@ -273,7 +270,7 @@ def decode_head(body: bytes) -> RunHead:
     sealed = header.get('sealed_snapshots')
     if not (isinstance(segment_id, str) and re.fullmatch(r'[0-9a-f]{1,64}', segment_id)):
         raise ValueError('segmented run head: segment_id must be a hex string')
-    if not (isinstance(segments, int) and isinstance(sealed, int) and 1 <= segments <= sealed):
+    if not (_is_count(segments) and _is_count(sealed) and 1 <= segments <= sealed):
         raise ValueError('segmented run head: need 1 <= sealed_segments <= sealed_snapshots')
     if 'snapshots' not in members:
         raise ValueError('segmented run head without "snapshots"')
@@ -281,6 +278,11 @@ def decode_head(body: bytes) -> RunHead:
     if not snapshots:
         raise ValueError('segmented run head with no live snapshot')
     return _checked(RunHead(tuple(snapshots), segment_id, segments, sealed))
+
+
+def _is_count(value: Any) -> bool:
+    """Whether a stored count is a JSON integer (`bool` is an `int` in Python, and `true` is no count)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def decode_segment(body: bytes) -> list[Element]:
@@ -292,8 +294,14 @@ def decode_segment(body: bytes) -> list[Element]:
 
 
 def split_list(body: bytes) -> list[Element]:
-    """The elements of a stored snapshot list, each with its exact bytes."""
-    return [_element(raw, index) for index, raw in enumerate(_list_items(body))]
+    """The elements of a stored snapshot list, each with its exact bytes, whatever the list's JSON layout."""
+    canonical = _canonical_items(body)
+    if canonical is not None:
+        try:
+            return [_element(raw, index) for index, raw in enumerate(canonical)]
+        except ValueError:
+            pass  # not split where the elements end (a mixed layout, e.g. after an import): split exactly below
+    return [_element(body[begin:end], index) for index, (begin, end) in enumerate(_list_spans(body))]
 
 
 def _checked(head: RunHead) -> RunHead:
@@ -308,21 +316,28 @@ def _checked(head: RunHead) -> RunHead:
     return head
 
 
-def _list_items(body: bytes) -> list[bytes]:
+def _canonical_items(body: bytes) -> list[bytes] | None:
+    """The items of a list in pydantic's `indent=2` layout, split without parsing; `None` for another layout.
+
+    Only a guess for a list that merely looks like it (elements stored in other layouts, joined by this library):
+    a wrong split leaves a part that is not one JSON value (a cut inside an element is unbalanced, a missed cut
+    holds two values, and strings hold no raw newline), so the caller parses every part and falls back to
+    `_list_spans` when one fails. Parts that all parse are the elements, as a JSON text has one parse.
+    """
     stripped = body.strip()
-    if stripped == b'[]':
-        return []
-    # Fast path for the canonical layout: top-level elements are separated by exactly this, since nested lines
-    # are indented deeper and JSON strings cannot hold a raw newline.
-    if stripped.startswith(b'[\n  {\n') and stripped.endswith(b'\n  }\n]'):
-        parts = stripped[len(_LIST_OPEN) : -len(_LIST_CLOSE)].split(_CANONICAL_SPLIT)
-        if len(parts) == 1:
-            return parts
-        return [parts[0] + b'\n  }', *(b'{\n' + p + b'\n  }' for p in parts[1:-1]), b'{\n' + parts[-1]]
+    if not (stripped.startswith(b'[\n  {\n') and stripped.endswith(b'\n  }\n]')):
+        return None
+    parts = stripped[len(_LIST_OPEN) : -len(_LIST_CLOSE)].split(_CANONICAL_SPLIT)
+    if len(parts) == 1:
+        return parts
+    return [parts[0] + b'\n  }', *(b'{\n' + p + b'\n  }' for p in parts[1:-1]), b'{\n' + parts[-1]]
+
+
+def _list_spans(body: bytes) -> list[tuple[int, int]]:
     start = _skip_space(body, 0)
     if body[start : start + 1] != b'[':
         raise ValueError('not a snapshot list: the top level is not a list')
-    return [body[begin:end] for begin, end in _items(body, start)]
+    return _items(body, start)
 
 
 def _element(raw: bytes, index: int) -> Element:
@@ -346,6 +361,8 @@ def _element(raw: bytes, index: int) -> Element:
 
 
 def _claim(value: Any, index: int) -> Claim:
+    if isinstance(value, dict) and isinstance(value.get('attempt'), bool):
+        raise ValueError(f'snapshot {index} has an invalid claim: attempt is a boolean, not a count')
     try:
         claim = _CLAIM.validate_python(value)
     except pydantic.ValidationError as e:
@@ -407,58 +424,73 @@ def _trimmed(body: bytes, begin: int, end: int) -> tuple[int, int]:
     return begin, end
 
 
-def _members(body: bytes, start: int) -> list[tuple[str, int, int]]:
-    """The members of the object opening at `body[start]`: key, and the span of its value."""
+def _members(body: bytes, start: int) -> list[tuple[str, int, int, int]]:
+    """The members of the object opening at `body[start]`: key, where the member begins, and its value's span."""
     members = []
     for begin, end in _items(body, start):
         match = _TOKEN.match(body, begin)
         colon = _skip_space(body, match.end()) if match else begin
         if match is None or body[colon : colon + 1] != b':':
             raise ValueError('not JSON: an object member without a key')
-        members.append((_json(match.group()), _skip_space(body, colon + 1), end))
+        members.append((_json(match.group()), begin, _skip_space(body, colon + 1), end))
     return members
 
 
+_REMOVED: Any = object()
+"""A value of `_patched_object` that removes the member."""
+
+
+def _patched_object(raw: bytes, values: dict[str, Any]) -> bytes:
+    """`raw` (a snapshot object, as it sits in a list) with members set to JSON-ready values (or `_REMOVED`).
+
+    An element in pydantic's own layout is rendered again from its parsed value (the same bytes the line-based
+    patch of pydantic's layout would give, at C speed); any other layout (an imported file: other indents,
+    tabs, CRLF, compact members) is patched exactly where its members are, every other byte kept.
+    """
+    parsed = pydantic_core.from_json(raw)
+    if _rendered_element(parsed) == raw:
+        for key, value in values.items():
+            if value is _REMOVED:
+                parsed.pop(key, None)
+            else:
+                parsed[key] = value
+        return _rendered_element(parsed)
+    for key, value in values.items():
+        raw = _without_member(raw, key) if value is _REMOVED else _set_member(raw, key, value)
+    return raw
+
+
+def _rendered_element(value: Any) -> bytes:
+    """A snapshot object as `dump_json(indent=2)` renders it inside a list."""
+    return pydantic_core.to_json([value], indent=2)[4:-2]
+
+
 def _without_member(raw: bytes, key: str) -> bytes:
-    """`raw` (an object) without member `key`; nothing else changes (the object as it was when it has none)."""
-    if key not in pydantic_core.from_json(raw):
-        return raw
-    if raw.startswith(b'{\n    "') and raw.endswith(b'\n  }'):
-        # The member's lines, from the newline before its key to the end of its value (as `_set_member` finds it).
-        marked = _set_member(raw, key, b'\0')
-        at = marked.index(b'\n    "' + key.encode() + b'": \0')
-        end = at + len(key) + 10
-        value_end = len(raw) - (len(marked) - end)
-        if raw[value_end : value_end + 1] == b',':
-            return raw[:at] + raw[value_end + 1 :]
-        return raw[: at - 1] + raw[value_end:]  # the last member: drop the comma before it
-    # Another layout (not written by pydantic): the changed element is rendered afresh, others stay as they are.
-    members = {k: v for k, v in pydantic_core.from_json(raw).items() if k != key}
-    return pydantic_core.to_json([members], indent=2)[4:-2]
-
-
-def _set_member(raw: bytes, key: str, value: bytes) -> bytes:
-    """`raw` (an object) with member `key` set to `value` (JSON rendered at indent 2); nothing else changes."""
-    canonical = raw.startswith(b'{\n    "') and raw.endswith(b'\n  }')
-    if canonical:
-        # Top-level members are exactly the lines indented by 4: nested ones are indented deeper.
-        value = value.replace(b'\n', b'\n    ')
-        marker = b'\n    "' + key.encode() + b'": '
-        at = raw.find(marker)
-        if at < 0:
-            return raw[:-4] + b',' + marker + value + raw[-4:]
-        begin = at + len(marker)
-        if raw[begin : begin + 1] in (b'{', b'[') and raw[begin : begin + 2] not in (b'{}', b'[]'):
-            end = raw.index(b'\n    ' + (b'}' if raw[begin] == ord('{') else b']'), begin) + 6
+    """`raw` (an object) without member `key` (every occurrence of it); nothing else changes."""
+    while True:
+        members = _members(raw, 0)
+        found = [index for index, member in enumerate(members) if member[0] == key]
+        if not found:
+            return raw
+        index = found[-1]
+        if index + 1 < len(members):  # up to the next member's key: its comma goes too
+            raw = raw[: members[index][1]] + raw[members[index + 1][1] :]
+        elif index > 0:  # the last member: from the end of the one before, with the comma between them
+            raw = raw[: members[index - 1][3]] + raw[members[index][3] :]
         else:
-            end = raw.index(b'\n', begin)
-            if raw[end - 1 : end] == b',':
-                end -= 1
-        return raw[:begin] + value + raw[end:]
-    for name, begin, end in _members(raw, 0):
-        if name == key:
-            return raw[:begin] + value + raw[end:]
+            raw = raw[: members[index][1]] + raw[members[index][3] :]
+
+
+def _set_member(raw: bytes, key: str, value: Any) -> bytes:
+    """`raw` (an object) with member `key` (every occurrence: a JSON reader takes the last) set to `value`,
+    rendered at indent 2; nothing else changes."""
+    rendered = pydantic_core.to_json(value, indent=2)
+    spans = [(begin, end) for name, _, begin, end in _members(raw, 0) if name == key]
+    for begin, end in reversed(spans):
+        raw = raw[:begin] + rendered + raw[end:]
+    if spans:
+        return raw
     close = raw.rstrip().rindex(b'}')
     body_end = raw[:close].rstrip()
     separator = b',' if not body_end.endswith(b'{') else b''
-    return body_end + separator + b'"' + key.encode() + b'": ' + value + raw[len(body_end) :]
+    return body_end + separator + b'"' + key.encode() + b'": ' + rendered + raw[len(body_end) :]
