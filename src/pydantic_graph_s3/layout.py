@@ -5,10 +5,15 @@ A run's head, `{prefix}{run_id}.json`, is the only object of the run ever overwr
 - *single*: the snapshot list exactly as `FileStatePersistence` writes its file (`dump_json(indent=2)`), used
   until the run has `SEAL_THRESHOLD` bytes of finished snapshots;
 - *segmented*: `{"pydantic_graph_s3": "segmented-1", "segment_id": ..., "sealed_segments": n,
-  "sealed_snapshots": m, "snapshots": [...]}`, whose `snapshots` list (rendered like the file) is the live tail.
+  "sealed_snapshots": m, "segment_chain": ..., "snapshots": [...]}`, whose `snapshots` list (rendered like the
+  file) is the live tail.
 
 The history before the tail lives in segments `{prefix}{run_id}~{segment_id}~{seq:08d}.json` (seq 1..n), each a
-File-format list of finished snapshots, written once with `IfNoneMatch='*'` and never changed.
+File-format list of finished snapshots, written once with `IfNoneMatch='*'` and never changed. The segment id is
+drawn when the run is first sealed (see `new_segment_id`), so a run created again under the same id never meets
+the old run's leftovers; `segment_chain` is a digest of segments 1..n in order (see `chain_link`), so a segment
+swapped, reordered, changed or taken from another run is refused when it is read. Heads sealed before the chain
+was recorded (12-digit segment ids, taken from the first snapshot's id) have none, and keep none.
 
 Snapshots are kept as `Element`s: the exact bytes stored plus the few fields the change functions look at. An
 element a change does not touch is written back byte for byte, so keys a worker's state type does not know
@@ -22,7 +27,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeGuard
 
 import pydantic
 import pydantic_core
@@ -36,7 +41,9 @@ __all__ = (
     'RunHead',
     'decode_head',
     'decode_segment',
+    'chain_link',
     'encode_head',
+    'new_segment_id',
     'parse_segment_key',
     'render_list',
     'seal',
@@ -119,6 +126,8 @@ class RunHead:
     """The nonce in the run's segment keys; `None` while the head is in the single (File) form."""
     sealed_segments: int = 0
     sealed_snapshots: int = 0
+    chain: str | None = None
+    """`chain_link` over segments 1..`sealed_segments`; `None` for a head segmented before it was recorded."""
 
     @property
     def segmented(self) -> bool:
@@ -151,13 +160,20 @@ class Segment:
     snapshots: tuple[Element, ...] = field(repr=False, default=())
 
 
-def segment_id_for(first_snapshot_id: str) -> str:
-    """The nonce of a run's segment keys, from its first snapshot's id.
+def new_segment_id(read: RunHead) -> str:
+    """The segment id of a run first sealed by a write made from the stored head `read`: a digest of its bytes.
 
-    Every sealer computes the same one, and a run deleted and created again under the same run id gets another,
-    so leftovers of the old run are never taken for segments of the new one.
+    Every writer that starts from the same stored version proposes the same id, so racing sealers agree (and the
+    segment of a writer that died before its head swap is reused). A run created again under the same id has
+    other bytes by the time it is sealed (snapshot ids are fresh UUIDs, steps are timed), so it gets another id
+    and never meets the old run's leftovers. An import, whose bytes do repeat, draws a random one instead.
     """
-    return hashlib.sha256(first_snapshot_id.encode()).hexdigest()[:12]
+    return hashlib.sha256(encode_head(read)).hexdigest()[:32]
+
+
+def chain_link(previous: str, segment: bytes) -> str:
+    """The chain after `segment`: the first segment links to the segment id, each next one to the chain before."""
+    return hashlib.sha256(previous.encode() + hashlib.sha256(segment).digest()).hexdigest()
 
 
 def segment_group_prefix(head_key: str) -> str:
@@ -173,8 +189,9 @@ RUN_ID_PATTERN = r'[A-Za-z0-9._=-]{1,200}'
 """The characters of a run id (`persistence.validate_run_id` also refuses `.` and `..`): never `/` nor `~`."""
 # A segment id is 12 hex digits (runs sealed before 0.x took it from the first snapshot id) or 32 (a creation
 # nonce); seq is `{seq:08d}`: 8 digits, or more without a leading zero past 99,999,999.
+_SEGMENT_ID = r'[0-9a-f]{12}|[0-9a-f]{32}'
 _SEGMENT_NAME = re.compile(
-    rf'(?P<run_id>{RUN_ID_PATTERN})~(?P<segment_id>[0-9a-f]{{12}}|[0-9a-f]{{32}})~(?P<seq>[0-9]{{8}}|[1-9][0-9]{{8,}})\.json'
+    rf'(?P<run_id>{RUN_ID_PATTERN})~(?P<segment_id>{_SEGMENT_ID})~(?P<seq>[0-9]{{8}}|[1-9][0-9]{{8,}})\.json'
 )
 
 
@@ -196,13 +213,14 @@ def parse_segment_key(prefix: str, key: str) -> tuple[str, str, int] | None:
     return run_id, segment_id, seq
 
 
-def seal(head: RunHead, final: frozenset[str] | None = None) -> tuple[RunHead, list[Segment]]:
+def seal(head: RunHead, final: frozenset[str] | None, new_id: str) -> tuple[RunHead, list[Segment]]:
     """Move finished history out of the head, `SEAL_THRESHOLD` bytes at a time; return the new head and segments.
 
     `final` are the ids of the snapshots that were already finished in the stored version the change started
     from (`None`: every finished one, for a head that is stored whole at once, as an import). Only those are
     sealed: a snapshot finished by this very write may yet lose the compare-and-swap (a fenced worker's
     success), and a segment made from it would be an orphan holding bytes that never became history.
+    `new_id` is the segment id of a head sealed for the first time (see `new_segment_id`).
 
     So a segment holds only snapshots that some stored head already had finished, and finished snapshots never
     change: every head version with the same sealed count proposes the same bytes for the same segment. The
@@ -211,10 +229,13 @@ def seal(head: RunHead, final: frozenset[str] | None = None) -> tuple[RunHead, l
     segments: list[Segment] = []
     while (cut := _seal_cut(head.snapshots, final)) is not None:
         sealed, rest = head.snapshots[:cut], head.snapshots[cut:]
-        segment_id = head.segment_id or segment_id_for(head.snapshots[0].id)
+        segment_id = head.segment_id or new_id
         seq = head.sealed_segments + 1
-        segments.append(Segment(seq, render_list(e.raw for e in sealed), sealed))
-        head = RunHead(rest, segment_id, seq, head.sealed_snapshots + cut)
+        body = render_list(e.raw for e in sealed)
+        # A head segmented before chains were recorded keeps none: its earlier segments were never chained.
+        chain = None if head.segmented and head.chain is None else chain_link(head.chain or segment_id, body)
+        segments.append(Segment(seq, body, sealed))
+        head = RunHead(rest, segment_id, seq, head.sealed_snapshots + cut, chain)
     return head, segments
 
 
@@ -249,7 +270,9 @@ def encode_head(head: RunHead) -> bytes:
         return snapshots
     header = (
         f'{{"{_FORMAT_KEY}": "{SEGMENTED_FORMAT}", "segment_id": "{head.segment_id}", '
-        f'"sealed_segments": {head.sealed_segments}, "sealed_snapshots": {head.sealed_snapshots}, "snapshots": '
+        f'"sealed_segments": {head.sealed_segments}, "sealed_snapshots": {head.sealed_snapshots}, '
+        + ('' if head.chain is None else f'"segment_chain": "{head.chain}", ')
+        + '"snapshots": '
     )
     return header.encode() + snapshots + b'}'
 
@@ -268,19 +291,22 @@ def decode_head(body: bytes) -> RunHead:
     header = {key: _json(body[slice(*span)]) for key, span in members.items() if key != 'snapshots'}
     segment_id, segments = header.get('segment_id'), header.get('sealed_segments')
     sealed = header.get('sealed_snapshots')
-    if not (isinstance(segment_id, str) and re.fullmatch(r'[0-9a-f]{1,64}', segment_id)):
-        raise ValueError('segmented run head: segment_id must be a hex string')
+    if not (isinstance(segment_id, str) and re.fullmatch(_SEGMENT_ID, segment_id)):
+        raise ValueError('segmented run head: segment_id must be 12 or 32 hex digits')
     if not (_is_count(segments) and _is_count(sealed) and 1 <= segments <= sealed):
         raise ValueError('segmented run head: need 1 <= sealed_segments <= sealed_snapshots')
+    chain = header.get('segment_chain')
+    if chain is not None and not (isinstance(chain, str) and re.fullmatch(r'[0-9a-f]{64}', chain)):
+        raise ValueError('segmented run head: segment_chain must be 64 hex digits')
     if 'snapshots' not in members:
         raise ValueError('segmented run head without "snapshots"')
     snapshots = split_list(body[slice(*members['snapshots'])])
     if not snapshots:
         raise ValueError('segmented run head with no live snapshot')
-    return _checked(RunHead(tuple(snapshots), segment_id, segments, sealed))
+    return _checked(RunHead(tuple(snapshots), segment_id, segments, sealed, chain))
 
 
-def _is_count(value: Any) -> bool:
+def _is_count(value: Any) -> TypeGuard[int]:
     """Whether a stored count is a JSON integer (`bool` is an `int` in Python, and `true` is no count)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -290,6 +316,8 @@ def decode_segment(body: bytes) -> list[Element]:
     elements = split_list(body)
     if not elements or any(not e.finished for e in elements):
         raise ValueError('a segment must hold finished snapshots only')
+    if any(e.kind == 'end' for e in elements):
+        raise ValueError('a segment holds an end snapshot, which only the head can hold (it is always the last)')
     return elements
 
 
