@@ -217,13 +217,16 @@ def create_if_empty(ctx: RunContext, element: Element, head: RunHead) -> Change[
     return ctx.commit(head, head.appended(element), None)
 
 
-def claim_next_created(ctx: RunContext, head: RunHead) -> Change[RunHead, NodeSnapshot[Any, Any] | None]:
+def claim_next_created(
+    ctx: RunContext, start_ts: datetime, head: RunHead
+) -> Change[RunHead, NodeSnapshot[Any, Any] | None]:
+    """Claim the first `created` node snapshot and start it (`running` since `start_ts`): one write for both."""
     # `created` snapshots are never sealed, so the head has them all.
     for index, element in enumerate(head.snapshots):
         if element.kind == 'node' and element.status == 'created':
             # A claim without a token: drop any claim `recover` left, which is not this worker's and would hide
             # from the next `recover` that this step's holder cannot be fenced.
-            claimed = element.patched(status='pending', claim=None)
+            claimed = element.patched(status='running', start_ts=start_ts, claim=None)
             return ctx.commit(head, head.with_element(index, claimed), _node(ctx, claimed))
     return Change(None, None)
 
@@ -273,19 +276,20 @@ def is_stale(claim: Claim, now: datetime, reclaim_after: timedelta) -> bool:
 
 
 def claim_next(
-    ctx: RunContext, token: str, reclaim_after: timedelta, max_attempts: int, head: RunHead
+    ctx: RunContext, start_ts: datetime, token: str, reclaim_after: timedelta, max_attempts: int, head: RunHead
 ) -> Change[RunHead, NodeSnapshot[Any, Any] | None]:
-    """Claim the first `created` node snapshot; failing that, take over the first stale claim."""
+    """Claim the first `created` node snapshot; failing that, take over the first stale claim. The claimed
+    snapshot is started (`running` since `start_ts`) in the same write."""
     now = ctx.clock()
     nodes = [(i, e) for i, e in enumerate(head.snapshots) if e.kind == 'node']
     for _, element in nodes:
-        if element.claim is not None and element.claim.token == token and element.status == 'pending':
+        if element.claim is not None and element.claim.token == token and element.status == 'running':
             return Change(None, _node(ctx, element))  # an earlier attempt's claim landed unseen
     for index, element in nodes:
         if element.status == 'created':
             released = element.claim  # by `recover`, which keeps the count
             attempt = 1 if released is None else released.attempt + 1
-            claimed = element.patched(status='pending', claim=Claim(token, now, attempt))
+            claimed = element.patched(status='running', start_ts=start_ts, claim=Claim(token, now, attempt))
             return ctx.commit(head, head.with_element(index, claimed), _node(ctx, claimed))
     for index, element in nodes:
         claim = element.claim
@@ -299,7 +303,7 @@ def claim_next(
             )
             failed = element.patched(status='error', claim=Claim(claim.token, claim.claimed_at, claim.attempt, reason))
             return ctx.commit(head, head.with_element(index, failed), None)
-        reclaimed = element.patched(status='pending', start_ts=None, claim=Claim(token, now, claim.attempt + 1))
+        reclaimed = element.patched(status='running', start_ts=start_ts, claim=Claim(token, now, claim.attempt + 1))
         return ctx.commit(head, head.with_element(index, reclaimed), _node(ctx, reclaimed))
     return Change(None, None)
 
@@ -335,12 +339,13 @@ def release_claims(ctx: RunContext, token: str, force: bool, head: RunHead) -> C
 def start_claimed_run(
     ctx: RunContext, snapshot_id: str, held: str | None, token: str, start_ts: datetime, head: RunHead
 ) -> Change[RunHead, None]:
-    """Start a node under the claim `held` (from `load_next`), or under a new claim `token` when none is held."""
+    """Start a node under a new claim `token`; under the claim `held` (from `load_next`, whose write started it
+    already), write nothing, only check that the claim is still this worker's."""
     index, element = ctx.node(head, snapshot_id)
     claim = element.claim
     if claim is not None and claim.token == token:
         if element.status == 'running':
-            return Change(None, None)  # an earlier attempt's start landed unseen
+            return Change(None, None)  # started by our `load_next`, or an earlier attempt's start landed unseen
         GraphNodeStatusError.check(element.status)  # type: ignore[arg-type]
         return ctx.commit(head, head.with_element(index, element.patched(status='running', start_ts=start_ts)), None)
     if held is not None:
