@@ -28,8 +28,8 @@ The exit status is 1 when a check fails. `--json` prints the figures as one JSON
 scenario (`bursts`): workers with the default settings of a deployed worker (`GraphWorker(graph)`, configured
 only by the environment the Terraform module gives the function, PYDANTIC_GRAPH_S3_RECLAIM_AFTER scaled down
 from `lambda_timeout + 60`, and the default `RetryPolicy`) meet a burst of 503s on one kind of write of a run,
-long enough to exhaust the retries: the start, the claim, the `running` write, or the success with its
-successor. Then S3 heals. A driver plays the state machine (an invocation that raised is retried, `busy` waits)
+long enough to exhaust the retries: the start, the claim (which starts the node: `running`), or the success
+with its successor. Then S3 heals. A driver plays the state machine (an invocation that raised is retried, `busy` waits)
 and checks that every run finishes with no manual step, with no fork.
 """
 
@@ -398,7 +398,7 @@ async def _check_runs(url: str, run_ids: list[str], steps: int, figures: Figures
 
 BURST_PREFIX = 'bursts/'
 # The PUTs of one run, in order, when a worker with reclaim_after runs it: which one each kind of write is.
-BURST_WRITES = {'start': 0, 'claim': 1, 'running': 2, 'success+successor': 3}
+BURST_WRITES = {'start': 0, 'claim+running': 1, 'success+successor': 2}
 
 
 @dataclass

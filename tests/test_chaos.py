@@ -46,7 +46,7 @@ def test_no_run_is_lost_or_forked_under_kills_and_faults() -> None:
 
 @pytest.mark.timeout(240)
 def test_a_503_burst_on_any_write_never_strands_a_run_under_default_settings() -> None:
-    # One run per kind of write (start, claim, running, success+successor), each meeting a burst of 503s that
+    # One run per kind of write (start, claim+running, success+successor), each meeting a burst of 503s that
     # exhausts the default RetryPolicy; the worker is configured only as the Terraform module configures it.
     command = [
         *(sys.executable, '-m', 'benchmarks.chaos', 'bursts', '--json'),
@@ -57,9 +57,9 @@ def test_a_503_burst_on_any_write_never_strands_a_run_under_default_settings() -
     assert done.returncode == 0, (figures, done.stderr[-2000:])
 
     assert figures['failures'] == []
-    assert (figures['runs_finished'], figures['forks'], figures['manual_steps']) == (4, 0, 0)
-    # Each burst made an invocation give up, and the stranded claims (running, success) were taken over.
-    assert sorted(figures['by_write']) == ['claim', 'running', 'start', 'success+successor']
+    assert (figures['runs_finished'], figures['forks'], figures['manual_steps']) == (3, 0, 0)
+    # Each burst made an invocation give up, and the claim the success burst stranded was taken over.
+    assert sorted(figures['by_write']) == ['claim+running', 'start', 'success+successor']
     assert min(figures['by_write'].values()) >= 1
-    assert figures['reclaims'] >= 2
-    assert figures['faults'] == 4 * 12
+    assert figures['reclaims'] >= 1
+    assert figures['faults'] == 3 * 12

@@ -13,8 +13,8 @@ import pytest
 
 from pydantic_graph_s3 import RunStore
 from pydantic_graph_s3.cleanup import ORPHAN_GRACE
-from pydantic_graph_s3.layout import decode_head, segment_key
-from pydantic_graph_s3.run_objects import CREATE_WINDOW, RunObjects, SegmentName, parse_segment_name
+from pydantic_graph_s3.layout import decode_head, parse_segment_key, segment_key
+from pydantic_graph_s3.run_objects import CREATE_WINDOW, RunObjects
 from pydantic_s3_cas import ObjectChangedError, ObjectInfo
 
 from .conftest import S3Bucket
@@ -52,7 +52,7 @@ async def segmented_run(s3: S3Bucket, run_id: str, prefix: str = 'p/', *, ended:
         await pad_graph.initialize(Pad(), state=PadState(9, 'x' * PAD), persistence=persistence)
     head = decode_head((await s3.get(persistence.key))[0])
     assert head.segment_id is not None or not ended
-    return [k for k in await keys(s3, prefix) if (name := parse_segment_name(prefix, k)) and name.run_id == run_id]
+    return [k for k in await keys(s3, prefix) if (name := parse_segment_key(prefix, k)) and name[0] == run_id]
 
 
 async def waiting_run(s3: S3Bucket, run_id: str) -> int:
@@ -83,15 +83,13 @@ async def readable(s3: S3Bucket, run_id: str, prefix: str) -> int:
 
 def test_a_segment_is_recognised_exactly() -> None:
     good = segment_key('p/run-1.json', '0123456789ab', 3)
-    assert parse_segment_name('p/', good) == SegmentName('run-1', '0123456789ab', 3)
-    assert parse_segment_name('p/', segment_key('p/r.json', 'f' * 64, 123_456_789)) == SegmentName(
-        'r', 'f' * 64, 123456789
-    )
-    assert parse_segment_name('q/', good) is None
-    assert parse_segment_name('', good) is None, 'nested under the root prefix: never a run of it'
+    assert parse_segment_key('p/', good) == ('run-1', '0123456789ab', 3)
+    assert parse_segment_key('p/', segment_key('p/r.json', 'f' * 32, 123_456_789)) == ('r', 'f' * 32, 123_456_789)
+    assert parse_segment_key('q/', good) is None
+    assert parse_segment_key('', good) is None, 'nested under the root prefix: never a run of it'
     for key in FOREIGN:
-        assert parse_segment_name('p/', key) is None, key
-    assert parse_segment_name('p/', 'p/a~0123456789ab~000000001.json') is None, 'seq with a padding zero too many'
+        assert parse_segment_key('p/', key) is None, key
+    assert parse_segment_key('p/', 'p/a~0123456789ab~000000001.json') is None, 'seq with a padding zero too many'
 
 
 def test_the_grace_outlasts_any_creation() -> None:

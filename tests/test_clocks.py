@@ -161,6 +161,6 @@ async def test_a_put_that_lands_after_the_retry_reread_is_recognised(s3: S3Bucke
         finally:
             del client.put_object, client.get_object
     assert calls >= 2 and fresh.stats.conflicts >= 1
-    assert isinstance(claimed, NodeSnapshot) and claimed.status == 'pending'
+    assert isinstance(claimed, NodeSnapshot) and claimed.status == 'running'
     (snapshot,) = await fresh.load_all()
-    assert isinstance(snapshot, NodeSnapshot) and snapshot.status == 'pending'
+    assert isinstance(snapshot, NodeSnapshot) and snapshot.status == 'running'

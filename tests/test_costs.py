@@ -5,57 +5,113 @@ from __future__ import annotations as _annotations
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 from pydantic_graph import End
+from pydantic_graph.graph import Graph
+from types_aiobotocore_s3 import S3Client
 
 from pydantic_graph_s3.examples.count_down import CountDown, CountDownState, count_down_graph
+from pydantic_graph_s3.layout import segment_group_prefix
 from pydantic_s3_cas import shared_client
 
-from .conftest import S3Bucket
+from .conftest import FRESH, S3Bucket
 from .support.endpoints import S3Endpoint
 from .support.fixtures import new_session
+from .test_long_runs import PAD, Pad, PadState, pad_graph
 
 pytestmark = pytest.mark.anyio
 
 
-async def count_requests(s3: S3Bucket) -> Counter[str]:
-    """Count the HTTP requests the shared client sends, by operation, with a botocore event hook."""
-    sent: Counter[str] = Counter()
-    client = await shared_client(s3.session, s3.settings)
+@dataclass(eq=False)  # botocore keys handlers by hash
+class Sent:
+    """The requests a client sent, seen by a botocore `before-send` hook: by method, and by object kind (a run's
+    head, or one of its segments, whose keys hold `~`)."""
 
-    def on_send(request: Any, **_: Any) -> None:
-        sent[request.method] += 1
+    requests: Counter[tuple[str, str]] = field(default_factory=Counter)
 
-    client.meta.events.register('before-send.s3', on_send)
-    return sent
+    def __call__(self, request: Any, **_: Any) -> None:
+        self.requests[request.method, 'segment' if '~' in request.url else 'head'] += 1
+
+    def per_method(self) -> Counter[str]:
+        methods: Counter[str] = Counter()
+        for (method, _), count in self.requests.items():
+            methods[method] += count
+        return methods
+
+
+@asynccontextmanager
+async def counting_client(s3: S3Bucket) -> AsyncIterator[tuple[S3Client, Sent]]:
+    """A client of the test's own (not the library's shared one, nor its counters), counting what it sends."""
+    sent = Sent()
+    async with new_session(s3.endpoint).client('s3', endpoint_url=s3.endpoint.url) as client:
+        client.meta.events.register('before-send.s3', sent)
+        yield client, sent
+
+
+async def fresh_steps(s3: S3Bucket, graph: Graph[Any, Any, Any], run_id: str, client: S3Client) -> int:
+    """Advance the run to its end one step per fresh persistence, as one Lambda invocation per step does."""
+    steps = 0
+    while True:
+        async with graph.iter_from_persistence(s3.persistence(run_id, client=client)) as run:
+            steps += 1
+            if isinstance(await run.next(), End):
+                return steps
+
+
+async def segments(s3: S3Bucket, run_id: str) -> int:
+    listed = await s3.raw.list_objects_v2(Bucket=s3.bucket, Prefix=segment_group_prefix(f'runs/{run_id}.json'))
+    return len(listed.get('Contents', []))
 
 
 async def test_graph_run_costs_two_puts_per_step_and_one_get(s3: S3Bucket) -> None:
-    sent = await count_requests(s3)
-    persistence = s3.persistence('in-process')
-    await count_down_graph.run(CountDown(), state=CountDownState(4), persistence=persistence)
+    async with counting_client(s3) as (client, sent):
+        persistence = s3.persistence('in-process', client=client)
+        await count_down_graph.run(CountDown(), state=CountDownState(4), persistence=persistence)
     nodes = 5  # counters 4, 3, 2, 1, 0
     # One GET finds no run, one create; then per node: running, and its success with the next snapshot (or the
     # end) in one write. The states are small, so nothing is sealed.
-    assert sent == Counter({'GET': 1, 'PUT': 1 + 2 * nodes})
+    assert sent.per_method() == Counter({'GET': 1, 'PUT': 1 + 2 * nodes})
     assert (persistence.stats.gets, persistence.stats.puts, persistence.stats.conflicts) == (1, 1 + 2 * nodes, 0)
 
 
-async def test_fresh_instance_per_step_costs_one_get_and_three_puts(s3: S3Bucket) -> None:
-    first = s3.persistence('fresh')
-    await count_down_graph.initialize(CountDown(), state=CountDownState(3), persistence=first)
-    sent = await count_requests(s3)
-    steps = 0
-    while True:
-        async with count_down_graph.iter_from_persistence(s3.persistence('fresh')) as run:
-            steps += 1
-            if isinstance(await run.next(), End):
-                break
+async def test_fresh_instance_per_step_costs_one_get_and_two_puts(s3: S3Bucket) -> None:
+    await count_down_graph.initialize(CountDown(), state=CountDownState(3), persistence=s3.persistence('fresh'))
+    async with counting_client(s3) as (client, sent):
+        steps = await fresh_steps(s3, count_down_graph, 'fresh', client)
     assert steps == 4
-    # Per step: the read, the claim (pending), running, and the success with its successor in one write.
-    assert sent == Counter({'GET': steps, 'PUT': 3 * steps})
+    # Per step: the read, the claim that starts the node, and the success with its successor in one write.
+    assert sent.per_method() == Counter({'GET': steps, 'PUT': 2 * steps})
+
+
+@pytest.mark.parametrize('with_claims', [False, True], ids=['strict', 'reclaim_after'])
+async def test_a_run_long_enough_to_seal_costs_the_same_plus_one_put_per_segment(
+    s3: S3Bucket, with_claims: bool
+) -> None:
+    options: dict[str, Any] = {'reclaim_after': FRESH} if with_claims else {}
+    async with counting_client(s3) as (client, in_process):
+        persistence = s3.persistence('in-process', client=client, **options)
+        # 3 KB of state per snapshot: a segment every three finished snapshots.
+        await pad_graph.run(Pad(), state=PadState(12, 'x' * PAD), persistence=persistence)
+    await pad_graph.initialize(Pad(), state=PadState(12, 'x' * PAD), persistence=s3.persistence('fresh', **options))
+    async with counting_client(s3) as (client, fresh):
+        steps = await fresh_steps(s3, pad_graph, 'fresh', client)
+    assert steps == 13
+
+    sealed = await segments(s3, 'in-process')
+    assert sealed >= 3, 'long enough to seal'
+    # In one process: one GET finds no run, one create, two head writes per step, and one create per segment.
+    expected = {('GET', 'head'): 1, ('PUT', 'head'): 1 + 2 * steps, ('PUT', 'segment'): sealed}
+    assert in_process.requests == Counter(expected)
+    # One fresh instance per step: a read and two head writes per step, one create per segment, no segment read.
+    sealed = await segments(s3, 'fresh')
+    assert sealed >= 3
+    expected = {('GET', 'head'): steps, ('PUT', 'head'): 2 * steps, ('PUT', 'segment'): sealed}
+    assert fresh.requests == Counter(expected)
 
 
 async def test_stale_cache_falls_back_to_a_read(s3: S3Bucket) -> None:

@@ -140,7 +140,7 @@ async def test_snapshot_node_if_new_writes_once(s3: S3Bucket) -> None:
     assert (await s3.get(persistence.key))[1] == etag, 'an existing snapshot id must not cause a write'
 
 
-async def test_load_next_claims_created_snapshots_in_order(s3: S3Bucket) -> None:
+async def test_load_next_claims_and_starts_created_snapshots_in_order(s3: S3Bucket) -> None:
     persistence = typed(s3.persistence('load-next'))
     await persistence.snapshot_node(CountDownState(1), CountDown())
     await persistence.snapshot_node(CountDownState(2), CountDown())
@@ -148,14 +148,34 @@ async def test_load_next_claims_created_snapshots_in_order(s3: S3Bucket) -> None
     first = await persistence.load_next()
     second = await persistence.load_next()
     assert first is not None and second is not None
+    # Claimed and started in one write: `running` (FileStatePersistence says `pending` until record_run).
     assert (first.state, first.status, second.state, second.status) == (
         CountDownState(1),
-        'pending',
+        'running',
         CountDownState(2),
-        'pending',
+        'running',
     )
+    assert first.start_ts is not None and second.start_ts is not None
     assert await persistence.load_next() is None
-    assert [s.status for s in await persistence.load_all()] == ['pending', 'pending']
+    assert [s.status for s in await persistence.load_all()] == ['running', 'running']
+
+
+async def test_record_run_after_load_next_writes_nothing_on_entry(s3: S3Bucket) -> None:
+    persistence = typed(s3.persistence('claimed'))
+    await persistence.snapshot_node(CountDownState(1), CountDown())
+    claimed = await persistence.load_next()
+    assert claimed is not None
+    _, etag, _ = await s3.get(persistence.key)
+
+    with pytest.raises(GraphNodeStatusError, match="'running'"):
+        async with typed(s3.persistence('claimed')).record_run(claimed.id):
+            pytest.fail('another caller must not start a node that load_next handed out')
+    async with persistence.record_run(claimed.id):
+        assert (await s3.get(persistence.key))[1] == etag, 'the claim started the node already'
+    await persistence.snapshot_end(CountDownState(0), End(0))
+    node, _ = await persistence.load_all()
+    assert isinstance(node, NodeSnapshot)
+    assert (node.status, node.start_ts, node.duration is not None) == ('success', claimed.start_ts, True)
 
 
 async def test_record_run_statuses(s3: S3Bucket) -> None:

@@ -60,10 +60,10 @@ async def test_concurrent_load_next_has_one_winner(s3: S3Bucket) -> None:
 
     winners = [c for c in claims if c is not None]
     assert len(claims) == RACERS and len(winners) == 1
-    assert winners[0].status == 'pending'
+    assert winners[0].status == 'running'
     (snapshot,) = await racers[0].load_all()
     assert isinstance(snapshot, NodeSnapshot)
-    assert snapshot.status == 'pending'
+    assert snapshot.status == 'running'
 
 
 async def test_concurrent_record_run_starts_once(s3: S3Bucket) -> None:

@@ -22,10 +22,11 @@ from pydantic_graph.persistence import EndSnapshot, NodeSnapshot
 from pydantic_graph.persistence.file import FileStatePersistence
 
 from pydantic_graph_s3 import ClaimLostError, S3PersistenceError, S3StatePersistence, recover_run
+from pydantic_graph_s3 import persistence as persistence_module
 from pydantic_graph_s3.examples.count_down import CountDown, CountDownState, count_down_graph
 from pydantic_graph_s3.serverless import GraphWorker
 
-from .conftest import FRESH, S3Bucket
+from .conftest import AGED, FRESH, S3Bucket
 from .support.fixtures import new_session
 
 pytestmark = pytest.mark.anyio
@@ -48,16 +49,19 @@ async def started_run(s3: S3Bucket, run_id: str, counter: int = 1) -> str:
     return node.get_snapshot_id()
 
 
-async def test_a_fresh_claim_is_not_taken_a_stale_one_is(s3: S3Bucket) -> None:
+async def test_a_fresh_claim_is_not_taken_a_stale_one_is(s3: S3Bucket, monkeypatch: pytest.MonkeyPatch) -> None:
     snapshot_id = await started_run(s3, 'stale-pending')
     crashed = worker(s3, 'stale-pending')
     assert (await crashed.load_next()) is not None  # ...and then the process dies
 
     assert await worker(s3, 'stale-pending').load_next() is None, 'a fresh claim belongs to its worker'
-    await s3.backdate_claims(crashed.key)  # a day passes
+    # A day passes: for the stored claim, and for the crashed worker's own (monotonic) clock.
+    await s3.backdate_claims(crashed.key)
+    real_monotonic = persistence_module.monotonic
+    monkeypatch.setattr(persistence_module, 'monotonic', lambda: real_monotonic() + AGED.total_seconds())
     survivor = worker(s3, 'stale-pending')
     reclaimed = await survivor.load_next()
-    assert reclaimed is not None and reclaimed.id == snapshot_id and reclaimed.status == 'pending'
+    assert reclaimed is not None and reclaimed.id == snapshot_id and reclaimed.status == 'running'
     record = await survivor.load_record()
     assert record.claims[snapshot_id].attempt == 2
 
@@ -108,7 +112,7 @@ async def test_a_slow_worker_cannot_record_an_error_either(s3: S3Bucket) -> None
             raise RuntimeError('the node failed, too late')
     assert isinstance(caught.value.__context__, RuntimeError)
     (snapshot,) = await slow.load_all()
-    assert snapshot.status == 'pending', 'the new claimant holds it, not failed by the old one'
+    assert snapshot.status == 'running', 'the new claimant holds it, not failed by the old one'
 
 
 async def test_graph_run_writes_each_success_with_its_successor(s3: S3Bucket) -> None:
@@ -136,8 +140,8 @@ async def test_fresh_instance_per_step_with_claims(s3: S3Bucket) -> None:
             break
     history = await worker(s3, 'steps').load_all()
     assert [s.state.counter for s in history] == [2, 1, 0, 0]
-    # A read, then the claim, the start, and the success with its successor.
-    assert costs == [(1, 3)] * 3
+    # A read, then the claim that starts the node, and the success with its successor.
+    assert costs == [(1, 2)] * 3
 
 
 async def test_claims_keep_the_object_loadable_by_file_persistence(s3: S3Bucket, tmp_path: Path) -> None:
@@ -156,7 +160,7 @@ async def test_claims_keep_the_object_loadable_by_file_persistence(s3: S3Bucket,
     file_persistence: FileStatePersistence[Any, Any] = FileStatePersistence(path)
     file_persistence.set_graph_types(count_down_graph)
     history = await file_persistence.load_all()
-    assert [(s.state.counter, getattr(s, 'status', None)) for s in history] == [(2, 'success'), (1, 'pending')]
+    assert [(s.state.counter, getattr(s, 'status', None)) for s in history] == [(2, 'success'), (1, 'running')]
     # A writer without reclaim_after carries the claims through its own writes.
     strict = s3.persistence('interop')
     strict.set_graph_types(count_down_graph)
@@ -291,9 +295,14 @@ async def test_recover_run_makes_a_stuck_step_runnable_now_and_fences_its_old_wo
 
     (snapshot,) = await worker(s3, 'stuck').load_all()
     assert snapshot.status == 'created'
+    # The old worker's claim is young, so it starts its node without a request (its `load_next` started it), and
+    # learns of the revocation from its outcome's write, which is refused: nothing it writes lands.
+    _, etag, _ = await s3.get(old.key)
+    async with old.record_run(snapshot_id):
+        pass
     with pytest.raises(ClaimLostError):
-        async with old.record_run(snapshot_id):
-            pytest.fail('the old claim was revoked')
+        await old.snapshot_node(CountDownState(0), CountDown())
+    assert (await s3.get(old.key))[1] == etag, 'the old worker wrote nothing'
     async with count_down_graph.iter_from_persistence(worker(s3, 'stuck')) as run:
         assert await run.next() == CountDown()
     record = await worker(s3, 'stuck').load_record()

@@ -235,14 +235,14 @@ async def test_two_concurrent_advances_make_one_busy(s3: S3Bucket) -> None:
 
 
 async def test_a_step_claimed_but_not_started_is_busy_too(s3: S3Bucket) -> None:
-    # Another worker's `load_next` claimed the node (pending) and is about to run it.
+    # Another worker's `load_next` claimed and started the node (running) and is about to run it.
     w = worker(s3)
     await w.start('claimed', CountDown(), CountDownState(counter=1))
     claimed = s3.persistence('claimed')
     claimed.set_graph_types(count_down_graph)
     assert await claimed.load_next() is not None
     assert (await w.advance('claimed')).status == 'busy'
-    assert [s.status for s in await history(s3, 'claimed')] == ['pending']
+    assert [s.status for s in await history(s3, 'claimed')] == ['running']
 
 
 async def test_concurrent_advances_never_run_a_step_twice(s3: S3Bucket) -> None:

@@ -25,7 +25,18 @@ from pydantic_s3_cas import Change
 from pydantic_s3_cas.cas import CLOCK_TOLERANCE
 
 from ._messages import describe_validation_error
-from .layout import Claim, Element, RunHead, decode_head, encode_head, render_list, seal, segment_key
+from .layout import (
+    Claim,
+    Element,
+    RunHead,
+    chain_link,
+    decode_head,
+    encode_head,
+    new_segment_id,
+    render_list,
+    seal,
+    segment_key,
+)
 
 R = TypeVar('R')
 
@@ -92,18 +103,30 @@ class HeadCodec:
 
 @dataclass(frozen=True)
 class Sealed:
-    """What a worker has read of a run's segments: the elements of segments 1..`count`, in order."""
+    """What a worker has read of a run's segments: the elements of segments 1..`count`, in order, and the chain
+    (`chain_link`) after each segment."""
 
     segment_id: str | None = None
     count: int = 0
     elements: tuple[Element, ...] = ()
+    links: tuple[str, ...] = ()
 
     @cached_property
     def by_id(self) -> dict[str, Element]:
         return {e.id: e for e in self.elements}
 
     def covers(self, head: RunHead) -> bool:
-        return head.segment_id == self.segment_id and self.count >= head.sealed_segments
+        """Whether these are the segments `head` counts (all of them, and the ones its chain names)."""
+        if head.segment_id != self.segment_id or self.count < head.sealed_segments:
+            return False
+        return head.chain is None or head.sealed_segments == 0 or self.links[head.sealed_segments - 1] == head.chain
+
+    def extended(self, body: bytes, elements: Sequence[Element]) -> Sealed:
+        """With the next segment (its bytes and elements) read."""
+        previous = self.links[-1] if self.links else self.segment_id or ''
+        return Sealed(
+            self.segment_id, self.count + 1, (*self.elements, *elements), (*self.links, chain_link(previous, body))
+        )
 
 
 class NeedSealed(Exception):
@@ -127,7 +150,8 @@ class RunContext:
     def commit(self, read: RunHead, head: RunHead, result: R) -> Change[RunHead, R]:
         """Write `head` (made from the stored version `read`), sealing what is due: the segments are created
         before the head that counts them, and hold only snapshots `read` already had finished."""
-        sealed_head, segments = seal(head, frozenset(e.id for e in read.snapshots if e.finished))
+        final = frozenset(e.id for e in read.snapshots if e.finished)
+        sealed_head, segments = seal(head, final, lambda: new_segment_id(read))
         assert sealed_head.segment_id is not None or not segments
         creates = [(segment_key(self.key, sealed_head.segment_id or '', s.seq), s.body) for s in segments]
         return Change(sealed_head, result, creates)
@@ -194,13 +218,16 @@ def create_if_empty(ctx: RunContext, element: Element, head: RunHead) -> Change[
     return ctx.commit(head, head.appended(element), None)
 
 
-def claim_next_created(ctx: RunContext, head: RunHead) -> Change[RunHead, NodeSnapshot[Any, Any] | None]:
+def claim_next_created(
+    ctx: RunContext, start_ts: datetime, head: RunHead
+) -> Change[RunHead, NodeSnapshot[Any, Any] | None]:
+    """Claim the first `created` node snapshot and start it (`running` since `start_ts`): one write for both."""
     # `created` snapshots are never sealed, so the head has them all.
     for index, element in enumerate(head.snapshots):
         if element.kind == 'node' and element.status == 'created':
             # A claim without a token: drop any claim `recover` left, which is not this worker's and would hide
             # from the next `recover` that this step's holder cannot be fenced.
-            claimed = element.patched(status='pending', claim=None)
+            claimed = element.patched(status='running', start_ts=start_ts, claim=None)
             return ctx.commit(head, head.with_element(index, claimed), _node(ctx, claimed))
     return Change(None, None)
 
@@ -250,19 +277,20 @@ def is_stale(claim: Claim, now: datetime, reclaim_after: timedelta) -> bool:
 
 
 def claim_next(
-    ctx: RunContext, token: str, reclaim_after: timedelta, max_attempts: int, head: RunHead
+    ctx: RunContext, start_ts: datetime, token: str, reclaim_after: timedelta, max_attempts: int, head: RunHead
 ) -> Change[RunHead, NodeSnapshot[Any, Any] | None]:
-    """Claim the first `created` node snapshot; failing that, take over the first stale claim."""
+    """Claim the first `created` node snapshot; failing that, take over the first stale claim. The claimed
+    snapshot is started (`running` since `start_ts`) in the same write."""
     now = ctx.clock()
     nodes = [(i, e) for i, e in enumerate(head.snapshots) if e.kind == 'node']
     for _, element in nodes:
-        if element.claim is not None and element.claim.token == token and element.status == 'pending':
+        if element.claim is not None and element.claim.token == token and element.status == 'running':
             return Change(None, _node(ctx, element))  # an earlier attempt's claim landed unseen
     for index, element in nodes:
         if element.status == 'created':
             released = element.claim  # by `recover`, which keeps the count
             attempt = 1 if released is None else released.attempt + 1
-            claimed = element.patched(status='pending', claim=Claim(token, now, attempt))
+            claimed = element.patched(status='running', start_ts=start_ts, claim=Claim(token, now, attempt))
             return ctx.commit(head, head.with_element(index, claimed), _node(ctx, claimed))
     for index, element in nodes:
         claim = element.claim
@@ -276,7 +304,7 @@ def claim_next(
             )
             failed = element.patched(status='error', claim=Claim(claim.token, claim.claimed_at, claim.attempt, reason))
             return ctx.commit(head, head.with_element(index, failed), None)
-        reclaimed = element.patched(status='pending', start_ts=None, claim=Claim(token, now, claim.attempt + 1))
+        reclaimed = element.patched(status='running', start_ts=start_ts, claim=Claim(token, now, claim.attempt + 1))
         return ctx.commit(head, head.with_element(index, reclaimed), _node(ctx, reclaimed))
     return Change(None, None)
 
@@ -312,12 +340,13 @@ def release_claims(ctx: RunContext, token: str, force: bool, head: RunHead) -> C
 def start_claimed_run(
     ctx: RunContext, snapshot_id: str, held: str | None, token: str, start_ts: datetime, head: RunHead
 ) -> Change[RunHead, None]:
-    """Start a node under the claim `held` (from `load_next`), or under a new claim `token` when none is held."""
+    """Start a node under a new claim `token`; under the claim `held` (from `load_next`, whose write started it
+    already), write nothing, only check that the claim is still this worker's."""
     index, element = ctx.node(head, snapshot_id)
     claim = element.claim
     if claim is not None and claim.token == token:
         if element.status == 'running':
-            return Change(None, None)  # an earlier attempt's start landed unseen
+            return Change(None, None)  # started by our `load_next`, or an earlier attempt's start landed unseen
         GraphNodeStatusError.check(element.status)  # type: ignore[arg-type]
         return ctx.commit(head, head.with_element(index, element.patched(status='running', start_ts=start_ts)), None)
     if held is not None:

@@ -4,7 +4,7 @@ The library deletes only objects it can prove it wrote:
 - the head of a run, at the version it read (each delete is conditional on that ETag, so a run that a worker
   advanced after the operator looked at it is kept);
 - that run's segments: keys of exactly the form `{prefix}{run_id}~{segment_id}~{seq:08d}.json` with the segment
-  id its head names (`run_objects.parse_segment_name`);
+  id its head names (`layout.parse_segment_key`);
 - segments of exactly that form whose run has no head (a delete or an import cut short), only once they are older
   than `ORPHAN_GRACE` and the run's head is still absent when checked again just before deleting them. An import
   or a fork writes a new run's segments before its head, and gives up past `run_objects.CREATE_WINDOW`: a segment
@@ -99,7 +99,7 @@ async def _delete(objects: RunObjects, run_id: str, etag: str, segment_id: str |
     async for page in objects.pages(f'{segment_group_prefix(key)}{segment_id}~'):
         for info in page:
             name = objects.segment_of(info.key)
-            if name is not None and (name.run_id, name.segment_id) == (run_id, segment_id):
+            if name is not None and name[:2] == (run_id, segment_id):
                 await objects.object(info.key).delete(info.etag)
 
 
@@ -112,7 +112,7 @@ async def _sweep_orphan_segments(objects: RunObjects, written_before: datetime) 
             if (run_id := objects.run_id_of(info.key)) is not None:
                 heads.add(run_id)
             elif (name := objects.segment_of(info.key)) is not None and info.last_modified < written_before:
-                orphans.setdefault(name.run_id, []).append(info)
+                orphans.setdefault(name[0], []).append(info)
     for run_id, infos in orphans.items():
         if run_id in heads or await objects.head_exists(run_id):
             continue

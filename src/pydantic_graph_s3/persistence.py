@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import PurePosixPath
-from time import perf_counter
+from time import monotonic, perf_counter
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import aioboto3
@@ -56,11 +56,12 @@ from pydantic_s3_cas import (
     shared_client,
     validate_bucket_name,
 )
+from pydantic_s3_cas.cas import CLOCK_TOLERANCE
 from pydantic_s3_cas.telemetry import span
 
 from . import changes
 from .changes import Fenced, Finished, HeadCodec, NeedSealed, RunContext, Sealed, SnapshotTypes
-from .layout import Claim, Element, RunHead, decode_head, decode_segment, segment_key
+from .layout import RUN_ID_PATTERN, Claim, Element, RunHead, decode_head, decode_segment, segment_key
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -122,7 +123,7 @@ class UnfencedClaimError(S3PersistenceError):
         )
 
 
-_RUN_ID = re.compile(r'[A-Za-z0-9._=-]{1,200}')
+_RUN_ID = re.compile(RUN_ID_PATTERN)
 
 
 def validate_run_id(run_id: str) -> str:
@@ -235,7 +236,7 @@ class S3StatePersistence(BaseStatePersistence[StateT, RunEndT]):
     _snapshot_types: SnapshotTypes | None = field(default=None, init=False, repr=False)
     _object: CasObject[RunHead] | None = field(default=None, init=False, repr=False)
     _sealed: Sealed = field(default_factory=Sealed, init=False, repr=False)
-    _held: dict[str, str] = field(default_factory=dict, init=False, repr=False)
+    _held: dict[str, Held] = field(default_factory=dict, init=False, repr=False)
     _finished: Finished | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -308,21 +309,31 @@ class S3StatePersistence(BaseStatePersistence[StateT, RunEndT]):
         """Record the node's run: `running` on entry and `error` at once if it raises; its `success` is written
         together with the successor snapshot that follows (`snapshot_node` or `snapshot_end`), in one write, so
         no failure can leave a successful node without a successor. Used alone, the success is written by the
-        next call of this instance."""
+        next call of this instance.
+
+        On the instance whose `load_next` handed out the node, entry writes nothing: that write claimed the node
+        and started it (`running`) already."""
         return self._record_run(snapshot_id)
 
     async def load_next(self) -> NodeSnapshot[StateT, RunEndT] | None:
+        """Claim the next node to run and start it, in one write: the snapshot is `running` from here (not
+        `pending`, as `FileStatePersistence` leaves it until `record_run`), held by this instance, whose
+        `record_run` then writes nothing on entry. No other caller can claim or start it (`GraphNodeStatusError`)
+        unless `reclaim_after` passes with no outcome written."""
         with self._traced('load_next'):
             await self._flush_finished()
+            since, start_ts = monotonic(), datetime.now(tz=UTC)
+            token: str | None = None
             if self.reclaim_after is None:
-                return await self._update(lambda ctx: partial(changes.claim_next_created, ctx))
-            token = _new_token()
-            reclaim_after, max_attempts = self.reclaim_after, self.max_attempts
-            snapshot = await self._update(
-                lambda ctx: partial(changes.claim_next, ctx, token, reclaim_after, max_attempts)
-            )
+                snapshot = await self._update(lambda ctx: partial(changes.claim_next_created, ctx, start_ts))
+            else:
+                new_token, reclaim_after, max_attempts = _new_token(), self.reclaim_after, self.max_attempts
+                snapshot = await self._update(
+                    lambda ctx: partial(changes.claim_next, ctx, start_ts, new_token, reclaim_after, max_attempts)
+                )
+                token = new_token
             if snapshot is not None:
-                self._held[snapshot.id] = token
+                self._held[snapshot.id] = Held(token, since)
             return snapshot
 
     async def load_all(self) -> list[Snapshot[StateT, RunEndT]]:
@@ -400,16 +411,11 @@ class S3StatePersistence(BaseStatePersistence[StateT, RunEndT]):
         await self._flush_finished()
         claimed = self.reclaim_after is not None
         held = self._held.pop(snapshot_id, None)
-        token = held or _new_token()
+        token = held.token if held is not None and held.token is not None else _new_token()
         # One span around the node's execution too, so that the node's own spans nest under it.
         with self._traced('record_run', snapshot_id):
-            start_ts = datetime.now(tz=UTC)
-            if claimed:
-                await self._update(
-                    lambda ctx: partial(changes.start_claimed_run, ctx, snapshot_id, held, token, start_ts)
-                )
-            else:
-                await self._update(lambda ctx: partial(changes.start_run, ctx, snapshot_id, start_ts))
+            if held is None or not self._surely_held(held):
+                await self._start(snapshot_id, held, token)
             logger.info('run %s: snapshot %s running', self.run_id, snapshot_id, extra={'run_id': self.run_id})
             start = perf_counter()
             try:
@@ -425,6 +431,33 @@ class S3StatePersistence(BaseStatePersistence[StateT, RunEndT]):
                 logger.info('run %s: snapshot %s error', self.run_id, snapshot_id, extra={'run_id': self.run_id})
                 raise
             self._finished = Finished(snapshot_id, token if claimed else None, perf_counter() - start)
+
+    async def _start(self, snapshot_id: str, held: Held | None, token: str) -> None:
+        """The `running` write of a node this instance did not claim, or the check (a fresh read, no write) that
+        a claim it holds for longer than `_surely_held` allows was not taken over meanwhile."""
+        start_ts = datetime.now(tz=UTC)
+        if self.reclaim_after is None:
+            await self._update(lambda ctx: partial(changes.start_run, ctx, snapshot_id, start_ts))
+            return
+        held_token = None if held is None else held.token
+        if held is not None:
+            self._cas().forget_cache()  # the cached head is our own claim: only a read tells if it was taken over
+        await self._update(
+            lambda ctx: partial(changes.start_claimed_run, ctx, snapshot_id, held_token, token, start_ts)
+        )
+
+    def _surely_held(self, held: Held) -> bool:
+        """Whether no other worker can have taken over the claim `held` yet, by this process's monotonic clock.
+
+        Another worker takes a claim over once it is `reclaim_after` old by its estimate of the S3 clock, which
+        is within `CLOCK_TOLERANCE` of ours; the claim was stamped after `held.since`. So a claim younger than
+        `reclaim_after` less twice the tolerance is ours for certain, and starting it needs no request. (An
+        operator's `recover` may still revoke it sooner: the outcome's write is then refused, `ClaimLostError`.)
+        """
+        if self.reclaim_after is None:
+            return True
+        age = monotonic() - held.since + 2 * CLOCK_TOLERANCE.total_seconds()
+        return age < self.reclaim_after.total_seconds()
 
     @contextmanager
     def _traced(self, method: str, snapshot_id: str | None = None) -> Iterator[None]:
@@ -543,28 +576,47 @@ def _detached(snapshot: S) -> S:
     return copy.deepcopy(snapshot)
 
 
+@dataclass(frozen=True)
+class Held:
+    """A node snapshot this instance's `load_next` claimed and started: its claim token (`None` without
+    `reclaim_after`), and the monotonic time just before the claim was written."""
+
+    token: str | None
+    since: float
+
+
 def _new_token() -> str:
     return uuid.uuid4().hex
 
 
 async def read_sealed(run: CasObject[Any], head: RunHead, known: Sealed | None = None) -> Sealed:
     """Every segment that `head` (of the run object `run`) counts, read on from what is `known` already, checked to
-    add up to what the head says: the one reader of sealed history, for workers and for operators alike."""
+    be what the head says (its chain, counts, unique ids): the one reader of sealed history, for workers and for
+    operators alike."""
     if head.segment_id is None:
         return Sealed()
     if known is not None and known.covers(head):
         return known
     sealed = known if known is not None and known.segment_id == head.segment_id else Sealed(head.segment_id)
-    elements = list(sealed.elements)
+    if sealed.count >= head.sealed_segments:  # all read, but not the segments the head's chain names
+        sealed = Sealed(head.segment_id)
     for seq in range(sealed.count + 1, head.sealed_segments + 1):
         key = segment_key(run.key, head.segment_id, seq)
         body = await run.read_object(key)
         if body is None:
             raise CorruptObjectError(run.bucket, key, f'segment {seq} of the run is missing')
         try:
-            elements.extend(decode_segment(body))
+            sealed = sealed.extended(body, decode_segment(body))
         except ValueError as e:
             raise CorruptObjectError(run.bucket, key, str(e).splitlines()[0]) from e
+    if not sealed.covers(head):
+        raise CorruptObjectError(
+            run.bucket,
+            run.key,
+            f'segments 1..{head.sealed_segments} are not the ones the head recorded (swapped, reordered, changed or '
+            "another run's): restore them from a backup, or fork the run before its sealed history",
+        )
+    elements = sealed.elements
     ids = {e.id for e in elements} | {e.id for e in head.snapshots}
     if len(elements) != head.sealed_snapshots or len(ids) != head.total_snapshots:
         raise CorruptObjectError(
@@ -572,4 +624,4 @@ async def read_sealed(run: CasObject[Any], head: RunHead, known: Sealed | None =
             run.key,
             f'segments hold {len(elements)} snapshot(s), the head counts {head.sealed_snapshots}, or ids repeat',
         )
-    return Sealed(head.segment_id, head.sealed_segments, tuple(elements))
+    return sealed

@@ -2,14 +2,13 @@
 
 `RunObjects` is what `RunStore` and the operations beside it (`archive`, `cleanup`, `usage`) share: the listing,
 reads counted in one `CasStats`, and the rules for which key belongs to which run. A run is `{prefix}{run_id}.json`
-(its head); its sealed history is `{prefix}{run_id}~{segment_id}~{seq:08d}.json` (`layout.segment_key`), and only
+(its head); its sealed history is `{prefix}{run_id}~{segment_id}~{seq:08d}.json` (`layout.parse_segment_key`), and only
 a key of exactly that form is ever taken for a run's: other keys with a `~` (`notes.txt~`, `x~y/z.json`), and keys of
 deeper prefixes (`{prefix}q~/...`, another deployment's runs), are nobody's. Nothing here needs the graph's code.
 """
 
 from __future__ import annotations as _annotations
 
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -32,13 +31,13 @@ from pydantic_s3_cas import (
     storage_deadline,
 )
 
-from .layout import decode_head, render_list, segment_key
+from .layout import decode_head, parse_segment_key, render_list
 from .persistence import logger, read_sealed, run_object_key, validate_run_id
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
 
-__all__ = ('CREATE_WINDOW', 'RunObjects', 'RunSummary', 'SegmentName', 'parse_segment_name')
+__all__ = ('CREATE_WINDOW', 'RunObjects', 'RunSummary')
 
 T = TypeVar('T')
 
@@ -47,37 +46,6 @@ CREATE_WINDOW = timedelta(hours=1)
 nothing readable written) past it. Both write a new run's segments before its head, so for that long those
 segments have no head; `cleanup.ORPHAN_GRACE`, which a headless segment must be older than to be swept, is far
 longer."""
-
-# A segment's name after the prefix (the shape `layout.segment_key` renders); `parse_segment_name` checks it exactly.
-_SEGMENT_NAME = re.compile(r'(?P<run_id>[^/~]+)~(?P<segment_id>[0-9a-f]{1,64})~(?P<seq>[0-9]{8,})\.json')
-
-
-@dataclass(frozen=True)
-class SegmentName:
-    """What a segment's key says: whose history it is, under which segment id, and where in it."""
-
-    run_id: str
-    segment_id: str
-    seq: int
-
-
-def parse_segment_name(prefix: str, key: str) -> SegmentName | None:
-    """The segment `key` is, when it is exactly a key `layout.segment_key` gives under `prefix` (else `None`).
-
-    Exact: a valid run id, a hex segment id, a sequence number from 1 rendered as it writes it (`00000001`), and
-    nothing else: no `/` after the prefix, no other name with a `~`.
-    """
-    match = _SEGMENT_NAME.fullmatch(key, len(prefix)) if key.startswith(prefix) else None
-    if match is None:
-        return None
-    try:
-        head_key = run_object_key(prefix, match['run_id'])
-    except ValueError:
-        return None
-    seq = int(match['seq'])
-    if seq < 1 or segment_key(head_key, match['segment_id'], seq) != key:
-        return None
-    return SegmentName(match['run_id'], match['segment_id'], seq)
 
 
 @dataclass(frozen=True)
@@ -150,9 +118,10 @@ class RunObjects:
         except ValueError:
             return None  # a nested prefix, or an object that is not a run
 
-    def segment_of(self, key: str) -> SegmentName | None:
-        """The segment of a run's history `key` is, exactly (`None` for any other key: see `parse_segment_name`)."""
-        return parse_segment_name(self.prefix, key)
+    def segment_of(self, key: str) -> tuple[str, str, int] | None:
+        """`(run_id, segment_id, seq)` of the segment `key` is, exactly (`None` for any other key: see
+        `layout.parse_segment_key`)."""
+        return parse_segment_key(self.prefix, key)
 
     async def head_exists(self, run_id: str) -> bool:
         """Whether the run has a head now: a listing of its key alone (strongly consistent; no body read)."""

@@ -378,7 +378,7 @@ async def summarize_usage(
                     else:
                         group.start_soon(read_head_of, run_id, info)
                 elif (segment := objects.segment_of(info.key)) is not None:
-                    tally.add_object(segment.run_id, info.size)
+                    tally.add_object(segment[0], info.size)
     if remember and ((latest := tally.memo()) != memo or memo.skipped):
         await _remember(memo_object, latest, missing=memo_etag is None)
     return replace(tally.result(objects.request_stats.requests - requests_before), memo_entries_skipped=memo.skipped)
