@@ -98,7 +98,7 @@ class UsageStats:
     by_status: Mapping[RunStatus, int]
     """Runs by what their last snapshot says (see `RunStatus`); every status is present, with 0 when none."""
     objects: Distribution
-    """Objects per run: its head plus the immutable objects (`{run_id}~...`) that hold its earlier history."""
+    """Objects per run: its head plus the segments (`{run_id}~{segment_id}~{seq}.json`) of its earlier history."""
     bytes: Distribution
     """Stored bytes per run, over all its objects."""
     snapshots: Distribution
@@ -108,7 +108,7 @@ class UsageStats:
     stuck_after: timedelta
     """The claim age past which an active run counts as stuck."""
     headless_objects: int = 0
-    """Objects of a `{run_id}~...` group whose head is gone (left by a delete that was interrupted)."""
+    """Segments whose run has no head (a delete or an import cut short; `prune` sweeps them after a day)."""
     headless_bytes: int = 0
     requests: int = 0
     """Requests this summary cost: listing pages, one GET per head read, and the memo's GET and PUT."""
