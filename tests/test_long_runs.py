@@ -21,7 +21,7 @@ from pydantic_graph_s3 import (
     RetryPolicy,
     RunStore,
 )
-from pydantic_graph_s3.layout import SEAL_THRESHOLD, decode_head, segment_group_prefix, segment_id_for, segment_key
+from pydantic_graph_s3.layout import SEAL_THRESHOLD, decode_head, segment_group_prefix, segment_key
 from pydantic_graph_s3.persistence import graph_types
 from pydantic_s3_cas import shared_client
 
@@ -295,13 +295,15 @@ async def test_an_orphan_segment_from_a_crash_before_the_head_swap_is_reused(s3:
 
 async def test_a_segment_with_other_bytes_is_corrupt_and_the_head_untouched(s3: S3Bucket) -> None:
     persistence = s3.persistence('tampered')
-    await pad_graph.initialize(Pad(), state=PadState(6, 'x' * PAD), persistence=persistence)
-    first_id = (await persistence.load_all())[0].id
-    await s3.put(segment_key(persistence.key, segment_id_for(first_id), 1), b'[]')
-    with pytest.raises(CorruptObjectError, match=r'~00000001\.json'):
+    await pad_graph.initialize(Pad(), state=PadState(9, 'x' * PAD), persistence=persistence)
+    while not (head := decode_head((await s3.get(persistence.key))[0])).segmented:
+        await step_fresh(s3, 'tampered')
+    assert head.sealed_segments == 1 and head.segment_id is not None
+    await s3.put(segment_key(persistence.key, head.segment_id, 2), b'[]')
+    with pytest.raises(CorruptObjectError, match=r'~00000002\.json'):
         while not isinstance(await step_fresh(s3, 'tampered'), End):
             pass
-    assert decode_head((await s3.get(persistence.key))[0]).sealed_segments == 0
+    assert decode_head((await s3.get(persistence.key))[0]).sealed_segments == 1
 
 
 async def test_listing_deleting_and_pruning_cover_every_object(s3: S3Bucket) -> None:

@@ -25,7 +25,18 @@ from pydantic_s3_cas import Change
 from pydantic_s3_cas.cas import CLOCK_TOLERANCE
 
 from ._messages import describe_validation_error
-from .layout import Claim, Element, RunHead, decode_head, encode_head, render_list, seal, segment_key
+from .layout import (
+    Claim,
+    Element,
+    RunHead,
+    chain_link,
+    decode_head,
+    encode_head,
+    new_segment_id,
+    render_list,
+    seal,
+    segment_key,
+)
 
 R = TypeVar('R')
 
@@ -92,18 +103,30 @@ class HeadCodec:
 
 @dataclass(frozen=True)
 class Sealed:
-    """What a worker has read of a run's segments: the elements of segments 1..`count`, in order."""
+    """What a worker has read of a run's segments: the elements of segments 1..`count`, in order, and the chain
+    (`chain_link`) after each segment."""
 
     segment_id: str | None = None
     count: int = 0
     elements: tuple[Element, ...] = ()
+    links: tuple[str, ...] = ()
 
     @cached_property
     def by_id(self) -> dict[str, Element]:
         return {e.id: e for e in self.elements}
 
     def covers(self, head: RunHead) -> bool:
-        return head.segment_id == self.segment_id and self.count >= head.sealed_segments
+        """Whether these are the segments `head` counts (all of them, and the ones its chain names)."""
+        if head.segment_id != self.segment_id or self.count < head.sealed_segments:
+            return False
+        return head.chain is None or head.sealed_segments == 0 or self.links[head.sealed_segments - 1] == head.chain
+
+    def extended(self, body: bytes, elements: Sequence[Element]) -> Sealed:
+        """With the next segment (its bytes and elements) read."""
+        previous = self.links[-1] if self.links else self.segment_id or ''
+        return Sealed(
+            self.segment_id, self.count + 1, (*self.elements, *elements), (*self.links, chain_link(previous, body))
+        )
 
 
 class NeedSealed(Exception):
@@ -127,7 +150,7 @@ class RunContext:
     def commit(self, read: RunHead, head: RunHead, result: R) -> Change[RunHead, R]:
         """Write `head` (made from the stored version `read`), sealing what is due: the segments are created
         before the head that counts them, and hold only snapshots `read` already had finished."""
-        sealed_head, segments = seal(head, frozenset(e.id for e in read.snapshots if e.finished))
+        sealed_head, segments = seal(head, frozenset(e.id for e in read.snapshots if e.finished), new_segment_id(read))
         assert sealed_head.segment_id is not None or not segments
         creates = [(segment_key(self.key, sealed_head.segment_id or '', s.seq), s.body) for s in segments]
         return Change(sealed_head, result, creates)

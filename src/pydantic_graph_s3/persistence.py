@@ -61,7 +61,7 @@ from pydantic_s3_cas.telemetry import span
 
 from . import changes
 from .changes import Fenced, Finished, HeadCodec, NeedSealed, RunContext, Sealed, SnapshotTypes
-from .layout import Claim, Element, RunHead, decode_head, decode_segment, segment_key
+from .layout import RUN_ID_PATTERN, Claim, Element, RunHead, decode_head, decode_segment, segment_key
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -123,7 +123,7 @@ class UnfencedClaimError(S3PersistenceError):
         )
 
 
-_RUN_ID = re.compile(r'[A-Za-z0-9._=-]{1,200}')
+_RUN_ID = re.compile(RUN_ID_PATTERN)
 
 
 def validate_run_id(run_id: str) -> str:
@@ -591,22 +591,32 @@ def _new_token() -> str:
 
 async def read_sealed(run: CasObject[Any], head: RunHead, known: Sealed | None = None) -> Sealed:
     """Every segment that `head` (of the run object `run`) counts, read on from what is `known` already, checked to
-    add up to what the head says: the one reader of sealed history, for workers and for operators alike."""
+    be what the head says (its chain, counts, unique ids): the one reader of sealed history, for workers and for
+    operators alike."""
     if head.segment_id is None:
         return Sealed()
     if known is not None and known.covers(head):
         return known
     sealed = known if known is not None and known.segment_id == head.segment_id else Sealed(head.segment_id)
-    elements = list(sealed.elements)
+    if sealed.count >= head.sealed_segments:  # all read, but not the segments the head's chain names
+        sealed = Sealed(head.segment_id)
     for seq in range(sealed.count + 1, head.sealed_segments + 1):
         key = segment_key(run.key, head.segment_id, seq)
         body = await run.read_object(key)
         if body is None:
             raise CorruptObjectError(run.bucket, key, f'segment {seq} of the run is missing')
         try:
-            elements.extend(decode_segment(body))
+            sealed = sealed.extended(body, decode_segment(body))
         except ValueError as e:
             raise CorruptObjectError(run.bucket, key, str(e).splitlines()[0]) from e
+    if not sealed.covers(head):
+        raise CorruptObjectError(
+            run.bucket,
+            run.key,
+            f'segments 1..{head.sealed_segments} are not the ones the head recorded (swapped, reordered, changed or '
+            "another run's): restore them from a backup, or fork the run before its sealed history",
+        )
+    elements = sealed.elements
     ids = {e.id for e in elements} | {e.id for e in head.snapshots}
     if len(elements) != head.sealed_snapshots or len(ids) != head.total_snapshots:
         raise CorruptObjectError(
@@ -614,4 +624,4 @@ async def read_sealed(run: CasObject[Any], head: RunHead, known: Sealed | None =
             run.key,
             f'segments hold {len(elements)} snapshot(s), the head counts {head.sealed_snapshots}, or ids repeat',
         )
-    return Sealed(head.segment_id, head.sealed_segments, tuple(elements))
+    return sealed

@@ -500,6 +500,11 @@ class CasObject(Generic[T]):
         When a PUT's outcome is unknown (a timeout, a dropped connection, a 5xx), the next attempt recognises
         the body it tried to write, so a write that did land is not applied twice.
 
+        A change applied to the cached value (or to a guess that the object is missing) that decides to write
+        nothing, or raises, is confirmed with S3 first: a conditional GET (`IfNoneMatch=etag`, answered 304 with
+        no body while the object is unchanged), and `change` is applied again to what S3 holds if it changed. A
+        write needs no such check (its condition is one), so a writer whose changes write pays no extra request.
+
         `expect_missing=True` is for creating objects: the first attempt skips the GET and applies `change` to the
         empty value, writing with `IfNoneMatch='*'`; only if the object exists after all (412) does the next
         attempt read it. That saves a request, and a GET of a missing key, which S3 answers with 403 rather than
@@ -522,17 +527,32 @@ class CasObject(Generic[T]):
                 # grant limited by an s3:prefix condition does that). Taking the object as missing can only lead to
                 # a create with IfNoneMatch='*', which fails harmlessly if the object does exist after all.
                 version, denied = None, e
-            if version is not None:
-                for body, result in unconfirmed:
-                    if version.body == body:
-                        return result
-            current = version.value if version is not None and version.value is not None else self._decode(version)
-            try:
-                decided = change(current)
-            except Exception as e:
-                if denied is not None:
-                    raise denied from e  # e.g. "no such snapshot" in a run we may not read: the denial is the answer
-                raise
+            # Decided from a copy S3 did not just give us (the cache, or a guess that the object is missing):
+            # a write is checked by its condition, but a decision to write nothing, or to refuse, is confirmed first.
+            unverified = cached is not None or guessed
+            while True:
+                if version is not None:
+                    for body, result in unconfirmed:
+                        if version.body == body:
+                            return result
+                current = version.value if version is not None and version.value is not None else self._decode(version)
+                try:
+                    decided = change(current)
+                except Exception as e:
+                    if unverified and (fresh := await self._revalidated(number, version)) is not version:
+                        version, unverified = fresh, False
+                        continue  # decided on a stale copy: decide again on what S3 holds
+                    if denied is not None:
+                        raise denied from e  # e.g. "no such snapshot" in a run we may not read: the denial answers
+                    raise
+                if (
+                    decided.value is None
+                    and unverified
+                    and (fresh := await self._revalidated(number, version)) is not version
+                ):
+                    version, unverified = fresh, False
+                    continue
+                break
             if decided.value is None:
                 if denied is not None:
                     raise denied
@@ -548,7 +568,7 @@ class CasObject(Generic[T]):
             try:
                 # A conflict on a guess or a cached ETag only means we did not know the current version.
                 etag = version.etag if version is not None else None
-                await self._put(number, body, decided.value, etag, from_cache=cached is not None or guessed)
+                await self._put(number, body, decided.value, etag, from_cache=unverified)
             except _Retryable as e:
                 if denied is not None and e.conflict:
                     raise denied from e  # it exists, and we may not read it
@@ -628,12 +648,23 @@ class CasObject(Generic[T]):
         self._scope.endpoint_url = client.meta.endpoint_url
         return client
 
-    async def _get(self, attempt: int) -> _Version[T] | None:
+    async def _revalidated(self, attempt: int, version: _Version[T] | None) -> _Version[T] | None:
+        """The current version: `version` itself when S3 says it is still current (a conditional GET answered 304,
+        no body), else the version read now (`None`: no object)."""
+        if version is None:
+            return await self._get(attempt)
+        return await self._get(attempt, unless=version)
+
+    async def _get(self, attempt: int, unless: _Version[T] | None = None) -> _Version[T] | None:
+        """Read the object; with `unless`, only if it is no longer that version (`unless` is returned if it is)."""
         client = await self._s3()
         self.stats.gets += 1
         with self._scope.request('GetObject', attempt) as request:
             try:
-                response = await client.get_object(Bucket=self.bucket, Key=self.key)
+                if unless is None:
+                    response = await client.get_object(Bucket=self.bucket, Key=self.key)
+                else:
+                    response = await client.get_object(Bucket=self.bucket, Key=self.key, IfNoneMatch=unless.etag)
                 async with response['Body'] as stream:
                     size = response.get('ContentLength', 0)
                     if self.max_object_bytes is not None and size > self.max_object_bytes:
@@ -644,6 +675,12 @@ class CasObject(Generic[T]):
                     request.outcome = 'missing'
                     self._version = None
                     return None
+                if unless is not None and _error_code(e) in {'304', 'NotModified'}:
+                    request.outcome, request.etag = 'not modified', unless.etag
+                    if isinstance(e, ClientError):
+                        self._note_server_date(e.response)
+                    self._version = unless
+                    return unless
                 raise self._scope.classify(e, 'GetObject') from e
             request.etag = response['ETag']
         self.stats.bytes_received += len(body)
