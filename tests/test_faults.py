@@ -111,15 +111,16 @@ async def test_a_write_that_landed_unseen_is_not_applied_twice(proxied: Proxied,
 
 @pytest.mark.parametrize('outcome', [{'timeout': True}, {'drop': True}, {'status': 500}])
 async def test_claimed_writes_that_landed_unseen_are_recognised(proxied: Proxied, outcome: dict[str, Any]) -> None:
-    # With claims, each write of a step (claim, start, success with successor) lands but its answer is lost: each
-    # retry must find its own token or snapshot, not take its own claim for another worker's and give up.
+    # With claims, each write of a step (the claim that starts the node, the success with its successor) lands but
+    # its answer is lost: each retry must find its own token or snapshot, not take its own claim for another
+    # worker's and give up.
     await proxied.persistence().snapshot_node(CountDownState(1), CountDown())
-    proxied.proxy.inject(Fault(forward=True, method='PUT', times=3, **outcome))
+    proxied.proxy.inject(Fault(forward=True, method='PUT', times=2, **outcome))
     persistence = proxied.persistence(reclaim_after=timedelta(seconds=60))
     async with count_down_graph.iter_from_persistence(persistence) as run:
         assert await run.next() == CountDown()
 
-    assert proxied.proxy.counters[f'forward+{Fault(**outcome).kind}'] == 3
+    assert proxied.proxy.counters[f'forward+{Fault(**outcome).kind}'] == 2
     record = await persistence.load_record()
     assert [getattr(s, 'status', None) for s in record.snapshots] == ['success', 'created']
     assert [c.attempt for c in record.claims.values()] == [1]

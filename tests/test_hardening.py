@@ -307,8 +307,8 @@ def test_no_state_value_reaches_a_log_record_an_error_or_a_step_result(
     # logged, and the node's exception, its context, must not come with it.
     w.lambda_handler(start_event('denied', node={'node_id': 'Leak'}, state={'secret': LEAK}), None)
     with fault_proxy(bucket.endpoint.url) as proxy:
-        # This worker's PUTs: the claim, `running`, then the node's `error`, which is refused.
-        proxy.inject(Fault(status=403, code='AccessDenied', method='PUT', after=2, times=None))
+        # This worker's PUTs: the claim (which starts the node), then the node's `error`, which is refused.
+        proxy.inject(Fault(status=403, code='AccessDenied', method='PUT', after=1, times=None))
         denied = bucket.worker(secret_graph, client_settings=ClientSettings(endpoint_url=proxy.url))
         reply = denied.lambda_handler(
             {'Records': [sqs_record(json.dumps({'action': 'advance', 'run_id': 'denied'}), 'm-denied')]},

@@ -8,6 +8,7 @@ from __future__ import annotations as _annotations
 
 import asyncio
 import json
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -22,7 +23,6 @@ from pydantic_graph.persistence import EndSnapshot, NodeSnapshot
 from pydantic_graph.persistence.file import FileStatePersistence
 
 from pydantic_graph_s3 import ClaimLostError, S3PersistenceError, S3StatePersistence, recover_run
-from pydantic_graph_s3 import persistence as persistence_module
 from pydantic_graph_s3.examples.count_down import CountDown, CountDownState, count_down_graph
 from pydantic_graph_s3.serverless import GraphWorker
 
@@ -57,8 +57,7 @@ async def test_a_fresh_claim_is_not_taken_a_stale_one_is(s3: S3Bucket, monkeypat
     assert await worker(s3, 'stale-pending').load_next() is None, 'a fresh claim belongs to its worker'
     # A day passes: for the stored claim, and for the crashed worker's own (monotonic) clock.
     await s3.backdate_claims(crashed.key)
-    real_monotonic = persistence_module.monotonic
-    monkeypatch.setattr(persistence_module, 'monotonic', lambda: real_monotonic() + AGED.total_seconds())
+    monkeypatch.setattr('pydantic_graph_s3.persistence.monotonic', lambda: time.monotonic() + AGED.total_seconds())
     survivor = worker(s3, 'stale-pending')
     reclaimed = await survivor.load_next()
     assert reclaimed is not None and reclaimed.id == snapshot_id and reclaimed.status == 'running'

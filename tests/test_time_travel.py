@@ -4,6 +4,7 @@ from __future__ import annotations as _annotations
 
 import json
 import re
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -166,13 +167,15 @@ async def test_fork_while_a_worker_advances_the_source(s3: S3Bucket) -> None:
         assert history[0].id == copy_id and len(history) == 10
 
 
-async def stale_claim(s3: S3Bucket, run_id: str) -> S3StatePersistence[Any, Any]:
-    """A worker that claimed the run's next step an hour ago (as its claim says), and is still around."""
+async def stale_claim(s3: S3Bucket, run_id: str, monkeypatch: pytest.MonkeyPatch) -> S3StatePersistence[Any, Any]:
+    """A worker that claimed the run's next step an hour ago (as its claim, and its own clock, say), and is still
+    around."""
     claimer = worker(s3, run_id, reclaim_after=timedelta(minutes=5))
     assert await claimer.load_next() is not None
     body, _, _ = await s3.get(f'runs/{run_id}.json')
     hour_ago = (datetime.now(tz=UTC) - timedelta(hours=1)).isoformat().encode()
     await s3.put(f'runs/{run_id}.json', re.sub(rb'"claimed_at": "[^"]+"', b'"claimed_at": "' + hour_ago + b'"', body))
+    monkeypatch.setattr('pydantic_graph_s3.persistence.monotonic', lambda: time.monotonic() + 3600)
     claimer._cas().forget_cache()
     return claimer
 
@@ -205,7 +208,9 @@ async def test_rollback_continues_a_failed_run_from_a_good_snapshot(s3: S3Bucket
     assert f'snapshot {copy_id}: rollback to snapshot {good.id} of this run' in shown.stdout.replace('\n', '')
 
 
-async def test_rollback_is_refused_under_a_live_claim_and_fences_a_stale_one(s3: S3Bucket) -> None:
+async def test_rollback_is_refused_under_a_live_claim_and_fences_a_stale_one(
+    s3: S3Bucket, monkeypatch: pytest.MonkeyPatch
+) -> None:
     await count_down_graph.initialize(CountDown(), state=CountDownState(3), persistence=s3.persistence('r'))
     first = (await store(s3).history('r')).snapshots[0].id
     holder = worker(s3, 'r', reclaim_after=timedelta(minutes=5))
@@ -218,7 +223,7 @@ async def test_rollback_is_refused_under_a_live_claim_and_fences_a_stale_one(s3:
 
     await count_down_graph.initialize(CountDown(), state=CountDownState(3), persistence=s3.persistence('stale'))
     old = (await store(s3).history('stale')).snapshots[0].id
-    stale = await stale_claim(s3, 'stale')
+    stale = await stale_claim(s3, 'stale', monkeypatch)
     copy_id = await store(s3).rollback_run('stale', to=old, graph=count_down_graph)
     # The stale worker comes back: its claim was revoked, so its write is refused.
     with pytest.raises(ClaimLostError, match='superseded by rollback'):
