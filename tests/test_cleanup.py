@@ -8,16 +8,18 @@ from __future__ import annotations as _annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
-from pydantic_graph_s3 import RunStore
+from pydantic_graph_s3 import ClientSettings, RunStore, run_objects
 from pydantic_graph_s3.cleanup import ORPHAN_GRACE
 from pydantic_graph_s3.layout import decode_head, parse_segment_key, segment_key
 from pydantic_graph_s3.run_objects import CREATE_WINDOW, RunObjects
-from pydantic_s3_cas import ObjectChangedError, ObjectInfo
+from pydantic_s3_cas import DeadlineExceededError, ObjectChangedError, ObjectInfo
 
 from .conftest import S3Bucket
+from .support.fault_proxy import Fault, fault_proxy
 from .test_long_runs import PAD, Pad, PadState, keys, pad_graph
 
 pytestmark = pytest.mark.anyio
@@ -203,3 +205,20 @@ async def test_a_long_etag_is_quoted_cut_short(s3: S3Bucket, caplog: pytest.LogC
         assert 'e' * 101 not in str(error) and '5002 characters' in str(error)
     records = [r.getMessage() for r in caplog.records if 'DeleteObject' in r.getMessage()]
     assert records and all('e' * 101 not in message for message in records)
+
+
+async def test_an_import_that_cannot_write_its_head_within_the_window_gives_up(
+    s3: S3Bucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What lets prune's grace be safe: an import (or fork) never writes its head long after its segments. Here the
+    # head's PUT is held unanswered; the window (shortened, so the test is quick) ends the import without a head.
+    await waiting_run(s3, 'source')
+    await store(s3).export_run('source', tmp_path / 'source.json')
+    monkeypatch.setattr(run_objects, 'CREATE_WINDOW', timedelta(seconds=3))
+    with fault_proxy(s3.endpoint.url) as proxy:
+        proxy.inject(Fault(timeout=True, method='PUT', path=r'p/slow\.json', times=None))
+        slow = RunStore(s3.bucket, 'p/', **s3.options(client_settings=ClientSettings(endpoint_url=proxy.url)))
+        with pytest.raises(DeadlineExceededError):
+            await slow.import_run(tmp_path / 'source.json', 'slow', pad_graph)
+    listed = await keys(s3, 'p/slow')
+    assert 'p/slow.json' not in listed and listed, 'its segments were written, its head never'
