@@ -238,9 +238,11 @@ async def test_stats_counts_runs_by_status_from_heads_only(s3: S3Bucket) -> None
     an_hour_ago = (datetime.now(tz=UTC) - timedelta(hours=1)).isoformat().encode()
     await s3.put('runs/stuck.json', re.sub(rb'"claimed_at": "[^"]+"', b'"claimed_at": "' + an_hour_ago + b'"', body))
     await s3.put('runs/junk.json', b'{"not": "a run"}')
-    # Objects of a run's earlier history ({run_id}~...): counted to that run, never as runs of their own.
-    await s3.put('runs/ended~abc123~00000001.json', b'[]' + b' ' * 98)
-    await s3.put('runs/gone~abc123~00000001.json', b'[]' + b' ' * 48)
+    # Segments of a run's earlier history: counted to that run, never as runs of their own. Other keys with a `~`
+    # are nobody's.
+    await s3.put('runs/ended~abc123abc123~00000001.json', b'[]' + b' ' * 98)
+    await s3.put('runs/gone~abc123abc123~00000001.json', b'[]' + b' ' * 48)
+    await s3.put('runs/ended~notes.txt', b'not history')
     await s3.put('runs/nested/other.json', b'[]')
 
     runs = store(s3, page_size=3)
@@ -261,9 +263,9 @@ async def test_stats_counts_runs_by_status_from_heads_only(s3: S3Bucket) -> None
     assert (summary.headless_objects, summary.headless_bytes) == (1, 50)
     assert summary.snapshots.total == 3 + 1 + 3 + 1 + 1, 'ended, waiting, failed, active, stuck (junk has none)'
     assert summary.oldest_active is not None and summary.oldest_active.run_id in ('waiting', 'active', 'stuck')
-    # One listing pass (9 objects in pages of 3) and one GET per head, nothing else: nothing remembered.
-    assert (runs.request_stats.lists, runs.request_stats.gets, runs.request_stats.puts) == (3, 6, 0)
-    assert summary.requests == 9
+    # One listing pass (10 objects in pages of 3) and one GET per head, nothing else: nothing remembered.
+    assert (runs.request_stats.lists, runs.request_stats.gets, runs.request_stats.puts) == (4, 6, 0)
+    assert summary.requests == 10
 
     shown = await cli(s3, 'runs', 'stats', '--json')
     assert shown.code == 0, shown.stderr
