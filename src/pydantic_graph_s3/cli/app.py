@@ -19,6 +19,7 @@ except ImportError as e:  # pragma: no cover - only without the [cli] extra
 __all__ = (
     'BucketOption',
     'Command',
+    'EndpointOption',
     'ExitCode',
     'GraphOption',
     'JsonOption',
@@ -107,11 +108,33 @@ StuckAfterOption = Annotated[
     float,
     typer.Option('--stuck-after', min=0.001, help='Seconds a claimed step may take before it counts as stuck.'),
 ]
+
+
+def _use_endpoint(url: str | None) -> None:
+    """`--endpoint-url`: the library and botocore find the endpoint where they find AWS's, in the environment."""
+    if url is None:
+        return
+    if not url.startswith(('http://', 'https://')):
+        raise typer.BadParameter(f'{url[:100]!r} is not an http:// or https:// URL', param_hint='--endpoint-url')
+    os.environ['AWS_ENDPOINT_URL_S3'] = url
+
+
+EndpointOption = Annotated[
+    str | None,
+    typer.Option(
+        '--endpoint-url',
+        metavar='URL',
+        callback=_use_endpoint,
+        expose_value=False,
+        show_default=False,
+        help='The S3 endpoint, instead of AWS_ENDPOINT_URL_S3 or AWS (e.g. the one `pydantic-graph-s3 local` prints).',
+    ),
+]
 RunIdArgument = Annotated[
     str, typer.Argument(metavar='RUN_ID', help='The run id (its object is PREFIX + RUN_ID + .json).')
 ]
 
 
 @app.callback()
-def _root() -> None:
+def _root(endpoint_url: EndpointOption = None) -> None:
     """pydantic-graph runs stored in S3 with compare-and-swap writes."""

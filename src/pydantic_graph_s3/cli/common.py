@@ -51,6 +51,7 @@ __all__ = (
     'print_json',
     'progress',
     'run',
+    'spinner',
     'store',
     'text',
     'time',
@@ -148,6 +149,16 @@ def load_graph(spec: str | None) -> Graph[Any, Any, Any] | None:
     if not isinstance(graph, Graph):
         fail(ExitCode.USAGE, f'--graph: {spec} is a {type(graph).__name__}, not a pydantic_graph.Graph')
     return graph
+
+
+@contextmanager
+def spinner(description: str) -> Iterator[None]:
+    """A spinner saying what the command waits for, on stderr, only on a terminal (nothing is left behind)."""
+    if not errors.is_terminal:
+        yield
+        return
+    with errors.status(f'{description}...'):
+        yield
 
 
 @contextmanager

@@ -9,7 +9,7 @@ from rich.text import Text
 
 from ..demo import DemoOptions, run_demo
 from . import common
-from .app import Command, app, console
+from .app import Command, EndpointOption, app, console
 
 __all__ = ('demo',)
 
@@ -23,6 +23,7 @@ def demo(
     prefix: Annotated[str, typer.Option(help='Key prefix of the run objects.')] = 'graph-runs/',
     counter: Annotated[int, typer.Option(min=0, max=1000, help='Where the count-down starts.')] = 5,
     run_id: Annotated[str | None, typer.Option(help='Run id (default: a new one).')] = None,
+    endpoint_url: EndpointOption = None,
 ) -> None:
     """Run pydantic-graph's count-down one step per simulated invocation, each with a fresh persistence."""
     if bucket is not None:

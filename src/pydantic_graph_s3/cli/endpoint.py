@@ -7,13 +7,15 @@ from rich.text import Text
 from pydantic_s3_cas import verify_conditional_writes
 
 from . import common
-from .app import BucketOption, Command, JsonOption, PrefixOption, app, console
+from .app import BucketOption, Command, EndpointOption, JsonOption, PrefixOption, app, console
 
 __all__ = ('check_endpoint',)
 
 
 @app.command('check-endpoint', cls=Command)
-def check_endpoint(bucket: BucketOption, prefix: PrefixOption = '', as_json: JsonOption = False) -> None:
+def check_endpoint(
+    bucket: BucketOption, prefix: PrefixOption = '', as_json: JsonOption = False, endpoint_url: EndpointOption = None
+) -> None:
     """Check that the endpoint honours If-Match and If-None-Match, on a probe object it then deletes."""
     common.checked_bucket(bucket)
     endpoint = common.run(lambda: verify_conditional_writes(bucket, prefix))

@@ -4,12 +4,12 @@ from __future__ import annotations as _annotations
 
 import logging
 
-from . import demo, endpoint, package, runs, time_travel
+from . import demo, endpoint, local, package, runs, time_travel
 from .app import app
 
 __all__ = ('app', 'main')
 
-COMMAND_MODULES = (demo, endpoint, package, runs, time_travel)
+COMMAND_MODULES = (demo, endpoint, local, package, runs, time_travel)
 """Imported for their commands, which register themselves on `app`."""
 
 

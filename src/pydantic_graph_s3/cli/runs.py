@@ -21,6 +21,7 @@ from . import common
 from .app import (
     BucketOption,
     Command,
+    EndpointOption,
     GraphOption,
     JsonOption,
     PrefixOption,
@@ -42,6 +43,7 @@ def list_runs(
         bool, typer.Option(help='Read each run (one GET each) for its snapshot count and last status.')
     ] = True,
     as_json: JsonOption = False,
+    endpoint_url: EndpointOption = None,
 ) -> None:
     """List the runs under the prefix."""
     store = common.store(bucket, prefix)
@@ -91,6 +93,7 @@ def show(
         typer.Option('--html', help='Write one self-contained HTML page: the diagram and the snapshot table.'),
     ] = None,
     stuck_after: StuckAfterOption = 900.0,
+    endpoint_url: EndpointOption = None,
 ) -> None:
     """Show a run's snapshots: id, node, status, start and duration, and its result once ended."""
     store = common.store(bucket, prefix)
@@ -130,6 +133,7 @@ def export_run(
     bucket: BucketOption,
     prefix: PrefixOption = '',
     overwrite: Annotated[bool, typer.Option(help='Replace the file if it exists.')] = False,
+    endpoint_url: EndpointOption = None,
 ) -> None:
     """Write a run to a FileStatePersistence file."""
     store = common.store(bucket, prefix)
@@ -146,6 +150,7 @@ def import_run(
     bucket: BucketOption,
     prefix: PrefixOption = '',
     graph: GraphOption = None,
+    endpoint_url: EndpointOption = None,
 ) -> None:
     """Store a FileStatePersistence file as a run; an existing run is never overwritten."""
     store = common.store(bucket, prefix)
@@ -164,6 +169,7 @@ def delete(
         typer.Option(help='Delete only this version (an ETag from `runs list --json`). Default: the version read now.'),
     ] = None,
     yes: Annotated[bool, typer.Option('--yes', '-y', help='Do not ask for confirmation.')] = False,
+    endpoint_url: EndpointOption = None,
 ) -> None:
     """Delete a run, only if nobody writes it between the read (or the --etag given) and the delete."""
     store = common.store(bucket, prefix)
@@ -189,6 +195,7 @@ def prune(
     prefix: PrefixOption = '',
     dry_run: Annotated[bool, typer.Option('--dry-run', help='Only show what would be deleted.')] = False,
     as_json: JsonOption = False,
+    endpoint_url: EndpointOption = None,
 ) -> None:
     """Delete ended runs last written before a date; runs not ended, or written meanwhile, are kept."""
     cutoff = _parse_time(ended_before)
@@ -229,6 +236,7 @@ def recover(
             'worker is only slow, not dead, the run forks. Only when you know it is gone.',
         ),
     ] = False,
+    endpoint_url: EndpointOption = None,
 ) -> None:
     """Make a run whose worker died mid-step runnable again at once: its claimed steps go back to `created`.
 
@@ -257,6 +265,7 @@ def stats(
         ),
     ] = True,
     as_json: JsonOption = False,
+    endpoint_url: EndpointOption = None,
 ) -> None:
     """Usage summary: runs by status, objects and bytes per run, snapshots per run, the oldest unfinished run."""
     store = common.store(bucket, prefix)

@@ -12,7 +12,17 @@ from pydantic_graph.graph import Graph
 
 from ..time_travel import RunBusyError, SnapshotNotFoundError
 from . import common
-from .app import BucketOption, Command, ExitCode, GraphOption, PrefixOption, RunIdArgument, console, runs_app
+from .app import (
+    BucketOption,
+    Command,
+    EndpointOption,
+    ExitCode,
+    GraphOption,
+    PrefixOption,
+    RunIdArgument,
+    console,
+    runs_app,
+)
 
 __all__ = ('fork_run', 'rollback_run', 'update_state')
 
@@ -35,6 +45,7 @@ def fork_run(
     graph: GraphOption = None,
     prefix: PrefixOption = '',
     state: StateFileOption = None,
+    endpoint_url: EndpointOption = None,
 ) -> None:
     """Create a new run from a run's history before a snapshot, then a waiting copy of it; the source is only read."""
     store, loaded = common.store(bucket, prefix), _required_graph(graph)
@@ -57,6 +68,7 @@ def rollback_run(
     stale_after: Annotated[
         float, typer.Option('--stale-after', min=0.001, help='Seconds after which a claimed step counts as abandoned.')
     ] = 900.0,
+    endpoint_url: EndpointOption = None,
 ) -> None:
     """Make a run continue from an earlier snapshot again: a waiting copy of it is appended, nothing is deleted."""
     store, loaded = common.store(bucket, prefix), _required_graph(graph)
@@ -81,6 +93,7 @@ def update_state(
     etag: Annotated[
         str | None, typer.Option(help='Update only this version (an ETag from `runs show --json`).')
     ] = None,
+    endpoint_url: EndpointOption = None,
 ) -> None:
     """Correct the state of a run's waiting step before a worker picks it up."""
     store, loaded = common.store(bucket, prefix), _required_graph(graph)
