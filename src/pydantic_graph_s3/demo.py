@@ -93,7 +93,9 @@ async def _create_bucket(bucket: str) -> None:
 async def _advance_to_end(bucket: str, prefix: str, run_id: str, counter: int, console: Console) -> int:
     requests = await _count_requests()
     console.print(Text.assemble('run ', (run_id, 'bold'), f' at s3://{bucket}/{prefix}{run_id}.json'))
-    if not await start_run(run_id, bucket=bucket, prefix=prefix, counter=counter):
+    with console.status('waiting for S3...'):
+        created = await start_run(run_id, bucket=bucket, prefix=prefix, counter=counter)
+    if not created:
         # Left as it was: the demo starts runs, it does not add a second start to one.
         raise ObjectExistsError(bucket, f'{prefix}{run_id}.json')
     console.print(f'  started: CountDown, counter={counter} ({requests.pop()} requests)')

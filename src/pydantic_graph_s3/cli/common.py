@@ -11,10 +11,11 @@ from __future__ import annotations as _annotations
 import importlib
 import os
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import anyio
@@ -35,9 +36,11 @@ from pydantic_s3_cas import (
     ObjectExistsError,
     ObjectNotFoundError,
     S3PersistenceError,
+    shortened,
     validate_bucket_name,
 )
 
+from .._messages import listed
 from ..persistence import UnfencedClaimError
 from ..runs import RunStore
 from .app import ExitCode, errors
@@ -45,27 +48,40 @@ from .app import ExitCode, errors
 __all__ = (
     'add_row',
     'checked_bucket',
+    'checked_prefix',
     'confirm_or_decline',
     'fail',
     'load_graph',
     'print_json',
     'progress',
     'run',
+    'snapshot_id',
     'spinner',
     'store',
     'text',
     'time',
     'user_errors',
-    'write_text',
 )
 
 T = TypeVar('T')
 
 
-def run(work: Callable[[], Awaitable[T]]) -> T:
-    """Run `work` on a fresh event loop, turning the errors users cause into a message and an exit code."""
-    with user_errors():
-        return anyio.run(work)
+def run(work: Callable[[], Awaitable[T]], *, waiting: str | None = 'waiting for S3') -> T:
+    """Run `work` on a fresh event loop, turning the errors users cause into a message and an exit code.
+
+    On a terminal, a spinner says what it waits for (`waiting`; `None` for work that shows a progress of its own).
+    Work done by concurrent tasks fails with an exception group: its first error is the one reported.
+    """
+    with user_errors(), spinner(waiting) if waiting is not None else nullcontext():
+        try:
+            return anyio.run(work)
+        except ExceptionGroup as group:
+            raise _first_error(group) from group
+
+
+def _first_error(group: ExceptionGroup[Exception]) -> Exception:
+    first = group.exceptions[0]
+    return _first_error(first) if isinstance(first, ExceptionGroup) else first
 
 
 @contextmanager
@@ -73,6 +89,7 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except (ObjectNotFoundError, BucketNotFoundError) as e:
+        _fail_if_not_s3()
         fail(ExitCode.NOT_FOUND, str(e))
     except (CredentialsError, AccessDeniedError) as e:
         fail(ExitCode.ACCESS, str(e))
@@ -81,8 +98,10 @@ def user_errors() -> Iterator[None]:
     except EndpointUnreachableError as e:
         fail(ExitCode.UNREACHABLE, str(e))
     except ConditionalWritesUnsupportedError as e:
+        _fail_if_not_s3()
         fail(ExitCode.UNSAFE_ENDPOINT, str(e))
     except S3PersistenceError as e:
+        _fail_if_not_s3()
         fail(ExitCode.S3_ERROR, str(e))
     except ValueError as e:  # an invalid run id or bucket name, or a file that is not a snapshot list
         fail(ExitCode.USAGE, str(e))
@@ -90,10 +109,70 @@ def user_errors() -> Iterator[None]:
         fail(ExitCode.USAGE, e.strerror if e.strerror and e.filename is None else str(e))
 
 
+def _fail_if_not_s3() -> None:
+    """An error that may be an endpoint which is not S3 at all (a web server answers 404 to any key): say so.
+
+    Only a configured endpoint is asked (AWS itself is S3), and only once something failed: one GET of its root,
+    whose answer an S3 server writes in XML (a bucket listing or an error).
+    """
+    endpoint = os.environ.get('AWS_ENDPOINT_URL_S3') or os.environ.get('AWS_ENDPOINT_URL')
+    if endpoint is None:
+        return
+    answer = _answer_if_not_s3(endpoint)
+    if answer is not None:
+        fail(
+            ExitCode.UNREACHABLE,
+            f'{endpoint} is not an S3 endpoint: it answered {answer}. Check --endpoint-url or AWS_ENDPOINT_URL_S3',
+        )
+
+
+def _answer_if_not_s3(endpoint: str) -> str | None:
+    """How `endpoint` answered a GET of its root, when that is not S3's XML; `None` for S3, or no answer at all."""
+    request = urllib.request.Request(endpoint.rstrip('/') + '/', method='GET')
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            status, reason, headers, body = response.status, response.reason, response.headers, response.read(4096)
+    except urllib.error.HTTPError as e:
+        status, reason, headers, body = e.code, e.reason, e.headers, e.read(4096)
+    except (OSError, ValueError):  # unreachable now, or not a URL: the error at hand says what it says
+        return None
+    if b'<?xml' in body[:100] or 'x-amz-request-id' in headers:
+        return None
+    kind = headers.get('Content-Type') or 'no content type'
+    return shortened(f'HTTP {status} {reason} ({kind})')
+
+
 def store(bucket: str, prefix: str) -> RunStore:
     checked = checked_bucket(bucket)
+    checked_prefix(prefix)
     with user_errors():  # a prefix that is not a folder
         return RunStore(checked, prefix)
+
+
+def snapshot_id(ids: list[str], run_id: str, given: str) -> str:
+    """The one of run `run_id`'s snapshot `ids` that `given` names: itself, or the only id it is a start of.
+
+    An ambiguous start is a usage error (exit 2) listing the ids it starts; one that starts none is passed on as
+    it is, for the command to say the run has no such snapshot.
+    """
+    if given in ids:
+        return given
+    matches = [snapshot for snapshot in ids if snapshot.startswith(given)]
+    if len(matches) > 1:
+        fail(
+            ExitCode.USAGE,
+            f'{shortened(given)} starts {len(matches)} snapshot ids of run {run_id} ({listed(matches, limit=3)}): '
+            'give more of the id',
+        )
+    return matches[0] if matches else given
+
+
+def checked_prefix(prefix: str) -> str:
+    """Refuse a prefix with a leading `/`: S3 keys do not start with one, so it would find no run, silently."""
+    if prefix.startswith('/'):
+        shown, meant = shortened(prefix), shortened(prefix.lstrip('/'))
+        fail(ExitCode.USAGE, f'prefix {shown} starts with "/", as S3 keys do not: pass --prefix {meant}')
+    return prefix
 
 
 def checked_bucket(bucket: str) -> str:
@@ -169,13 +248,6 @@ def progress(description: str) -> Iterator[Callable[[], None]]:
     with Progress(*columns, console=errors, transient=True, disable=not errors.is_terminal) as shown:
         task = shown.add_task(description, total=None)
         yield lambda: shown.advance(task)
-
-
-def write_text(path: Path, content: str) -> None:
-    try:
-        path.write_text(content, encoding='utf-8')
-    except OSError as e:
-        fail(ExitCode.USAGE, f'cannot write {path}: {e.strerror}')
 
 
 def print_json(value: Any) -> None:

@@ -14,14 +14,17 @@ from pydantic_graph.graph import Graph
 from rich.table import Table
 from rich.text import Text
 
+from ..archive import write_file
 from ..insight import run_html, run_mermaid, run_path
 from ..persistence import recover_run
-from ..runs import PruneOutcome, RunHistory, RunStore, RunSummary, format_duration
+from ..runs import PruneOutcome, RunHistory, RunStore, RunSummary, SnapshotRow, format_duration
+from ..time_travel import SnapshotNotFoundError
 from . import common
 from .app import (
     BucketOption,
     Command,
     EndpointOption,
+    ExitCode,
     GraphOption,
     JsonOption,
     PrefixOption,
@@ -56,7 +59,7 @@ def list_runs(
                 advance()
         return found
 
-    runs = common.run(collect)
+    runs = common.run(collect, waiting=None)
     if as_json:
         common.print_json(runs)
         return
@@ -93,6 +96,14 @@ def show(
         typer.Option('--html', help='Write one self-contained HTML page: the diagram and the snapshot table.'),
     ] = None,
     stuck_after: StuckAfterOption = 900.0,
+    overwrite: Annotated[bool, typer.Option(help='Replace the --html file if it exists.')] = False,
+    wide: Annotated[
+        bool, typer.Option('--wide', help='Never shorten a snapshot id: the table takes the width its cells need.')
+    ] = False,
+    snapshot: Annotated[
+        str | None,
+        typer.Option('--snapshot', help='Only this snapshot, in full, as JSON: its id or a unique start of it.'),
+    ] = None,
     endpoint_url: EndpointOption = None,
 ) -> None:
     """Show a run's snapshots: id, node, status, start and duration, and its result once ended."""
@@ -102,21 +113,34 @@ def show(
     if graph is not None:
         history = replace(history, decoded_with=graph)
     if mermaid or html_file is not None:
-        _show_path(history, decoded_with, mermaid=mermaid, html_file=html_file, stuck_after=stuck_after)
+        _show_path(history, decoded_with, mermaid=mermaid, html=(html_file, overwrite), stuck_after=stuck_after)
+        return
+    if snapshot is not None:
+        common.print_json(_snapshot_row(history, snapshot))
         return
     if as_json:
         common.print_json(_history_json(history))
         return
     shown = f'decoded with {history.decoded_with}' if history.decoded_with else 'raw JSON'
     table = Table(title=Text(f'run {run_id} ({shown})'))
-    for column in ('snapshot id', 'node', 'state', 'status', 'start', 'duration'):
+    # An id is never folded onto two lines: shortened with a marker when the terminal is too narrow, and any
+    # unique start of it is accepted where an id is (`--snapshot`, `fork --at`, `rollback --to`).
+    shortened = not wide and console.width < _FULL_IDS_WIDTH
+    table.add_column('snapshot id', no_wrap=True, overflow='ellipsis', max_width=_SHORT_ID if shortened else None)
+    for column in ('node', 'state', 'status', 'start', 'duration'):
         table.add_column(column, overflow='fold')
     for row in history.snapshots:
         state = pydantic_core.to_json(row.state).decode()
         common.add_row(
-            table, row.id, row.node or 'End', state, row.status, common.time(row.start), format_duration(row.duration)
+            table,
+            row.id,
+            row.node or 'End',
+            state,
+            'superseded' if row.superseded else row.status,
+            common.time(row.start),
+            format_duration(row.duration),
         )
-    console.print(table)
+    console.print(table, width=_UNBOUNDED if wide else None)
     _print_origins(history)
     if history.ended:
         console.print(Text(f'result: {pydantic_core.to_json(history.result).decode()}'))
@@ -137,8 +161,8 @@ def export_run(
 ) -> None:
     """Write a run to a FileStatePersistence file."""
     store = common.store(bucket, prefix)
-    summary = common.run(lambda: store.export_run(run_id, path, overwrite=overwrite))
-    console.print(Text(f'exported {run_id} ({summary.size} B) to {path}'))
+    common.run(lambda: store.export_run(run_id, path, overwrite=overwrite))
+    console.print(Text(f'exported {run_id} ({path.stat().st_size} B) to {path}'))
 
 
 @runs_app.command('import', cls=Command)
@@ -176,9 +200,7 @@ def delete(
     if etag is None:
         run = common.run(lambda: store.get_run(run_id))
         etag = run.etag
-        state = 'ended' if run.ended else f'NOT ended (last status: {run.last_status})'
-        written = common.time(run.last_modified)
-        errors.print(Text(f'run {run_id}: {run.snapshots} snapshots, {state}, last written {written}'))
+        errors.print(Text(f'run {run_id}: {_described(run)}, last written {common.time(run.last_modified)}'))
     if not yes:
         common.confirm_or_decline(f'delete run {run_id}?', declined=f'run {run_id} not deleted')
     chosen = etag
@@ -194,12 +216,18 @@ def prune(
     ],
     prefix: PrefixOption = '',
     dry_run: Annotated[bool, typer.Option('--dry-run', help='Only show what would be deleted.')] = False,
+    yes: Annotated[bool, typer.Option('--yes', '-y', help='Do not ask for confirmation.')] = False,
     as_json: JsonOption = False,
     endpoint_url: EndpointOption = None,
 ) -> None:
     """Delete ended runs last written before a date; runs not ended, or written meanwhile, are kept."""
     cutoff = _parse_time(ended_before)
     store = common.store(bucket, prefix)
+    if not dry_run and not yes:
+        common.confirm_or_decline(
+            f'delete the runs under s3://{bucket}/{prefix} that ended before {common.time(cutoff)}?',
+            declined='nothing pruned',
+        )
 
     async def collect() -> list[PruneOutcome]:
         outcomes: list[PruneOutcome] = []
@@ -209,7 +237,7 @@ def prune(
                 advance()
         return outcomes
 
-    outcomes = common.run(collect)
+    outcomes = common.run(collect, waiting=None)
     chosen = [o for o in outcomes if o.deleted or o.reason.startswith('would delete')]
     if as_json:
         common.print_json(outcomes)
@@ -243,9 +271,11 @@ def recover(
     The old holder's claim is revoked, so if it is alive after all, its writes are refused (`recover_run`). A step
     claimed without a token (by a worker without reclaim_after) is refused unless --force (exit 5).
     """
-    persistence = common.store(bucket, prefix).persistence(run_id, common.load_graph(graph))
+    store = common.store(bucket, prefix)
+    persistence = store.persistence(run_id, common.load_graph(graph))
     released = common.run(lambda: recover_run(persistence, force=force))
     if not released:
+        common.run(lambda: store.get_run(run_id))  # an unknown run is not found (exit 3), not "nothing to do"
         console.print(Text(f'recovered {run_id}: no step was claimed, nothing to do'))
         return
     console.print(Text(f'recovered {run_id}: {len(released)} step(s) runnable again: {", ".join(released)}'))
@@ -292,6 +322,30 @@ def stats(
     console.print(f'{summary.requests} requests')
 
 
+_FULL_IDS_WIDTH = 130
+"""Below this width, `runs show` shortens snapshot ids (unless `--wide`), so the other columns have room."""
+_SHORT_ID = 24
+"""A shortened id: the node's name and enough of the random part to tell the run's snapshots apart."""
+_UNBOUNDED = 10_000
+"""`--wide`: a width no table reaches, so none of its cells is shortened."""
+
+
+def _snapshot_row(history: RunHistory, given: str) -> SnapshotRow:
+    """`runs show --snapshot`: the row of the snapshot `given` names (a unique start of its id is enough)."""
+    chosen = common.snapshot_id([row.id for row in history.snapshots], history.run_id, given)
+    for row in history.snapshots:
+        if row.id == chosen:
+            return row
+    common.fail(ExitCode.NOT_FOUND, str(SnapshotNotFoundError(history.run_id, given)))
+
+
+def _described(run: RunSummary) -> str:
+    """What `delete` says of the run it is about to delete: its snapshots and whether it ended, or why unreadable."""
+    if run.problem is not None:
+        return f'unreadable ({run.problem})'
+    return f'{run.snapshots} snapshots, ' + ('ended' if run.ended else f'NOT ended (last status: {run.last_status})')
+
+
 def _hint_prefixes(store: RunStore) -> None:
     """Under an empty listing, say which deeper prefixes hold runs (the demo writes under graph-runs/)."""
     found = common.run(lambda: store.prefixes_with_runs())
@@ -313,11 +367,12 @@ def _show_path(
     graph: Graph[Any, Any, Any] | None,
     *,
     mermaid: bool,
-    html_file: Path | None,
+    html: tuple[Path | None, bool],
     stuck_after: float,
 ) -> None:
     """`runs show --mermaid` and `--html`: the run's path on its graph (the diagram needs `--graph`)."""
     path = run_path(history, stuck_after=timedelta(seconds=stuck_after))
+    html_file, overwrite = html
     with common.user_errors():
         if mermaid:
             if graph is None:
@@ -325,7 +380,7 @@ def _show_path(
             sys.stdout.write(run_mermaid(graph, history, path) + '\n')
         if html_file is not None:
             page = run_html(graph, history, path)
-            common.write_text(html_file, page)
+            write_file(html_file, page.encode(), overwrite)
             errors.print(f'wrote {html_file}' + ('' if graph is not None else ' (no diagram: pass --graph)'))
 
 

@@ -10,6 +10,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from pydantic_graph.graph import Graph
 
+from ..runs import RunStore
 from ..time_travel import RunBusyError, SnapshotNotFoundError
 from . import common
 from .app import (
@@ -39,7 +40,12 @@ StateFileOption = Annotated[
 @runs_app.command('fork', cls=Command)
 def fork_run(
     run_id: RunIdArgument,
-    at: Annotated[str, typer.Option('--at', help='The node snapshot to fork at (`runs show` lists the ids).')],
+    at: Annotated[
+        str,
+        typer.Option(
+            '--at', help='The node snapshot to fork at, or a unique start of its id (`runs show` lists the ids).'
+        ),
+    ],
     to: Annotated[str, typer.Option('--to', help='The new run id; an existing run is never overwritten.')],
     bucket: BucketOption,
     graph: GraphOption = None,
@@ -50,6 +56,7 @@ def fork_run(
     """Create a new run from a run's history before a snapshot, then a waiting copy of it; the source is only read."""
     store, loaded = common.store(bucket, prefix), _required_graph(graph)
     replacement = _read_state(state)
+    at = _snapshot_id(store, run_id, at)
     copy_id = _run_time_travel(lambda: store.fork_run(run_id, at=at, new_run_id=to, graph=loaded, state=replacement))
     console.print(f'forked {run_id} at {at} as {to}: its next step is snapshot {copy_id}')
 
@@ -57,7 +64,12 @@ def fork_run(
 @runs_app.command('rollback', cls=Command)
 def rollback_run(
     run_id: RunIdArgument,
-    to: Annotated[str, typer.Option('--to', help='The node snapshot to continue from (`runs show` lists the ids).')],
+    to: Annotated[
+        str,
+        typer.Option(
+            '--to', help='The node snapshot to continue from, or a unique start of its id (`runs show` lists them).'
+        ),
+    ],
     bucket: BucketOption,
     graph: GraphOption = None,
     prefix: PrefixOption = '',
@@ -73,6 +85,7 @@ def rollback_run(
     """Make a run continue from an earlier snapshot again: a waiting copy of it is appended, nothing is deleted."""
     store, loaded = common.store(bucket, prefix), _required_graph(graph)
     replacement = _read_state(state)
+    to = _snapshot_id(store, run_id, to)
     copy_id = _run_time_travel(
         lambda: store.rollback_run(
             run_id, to=to, graph=loaded, state=replacement, etag=etag, stale_after=timedelta(seconds=stale_after)
@@ -100,6 +113,12 @@ def update_state(
     replacement = _read_state(path)
     snapshot_id = _run_time_travel(lambda: store.update_state(run_id, replacement, graph=loaded, etag=etag))
     console.print(f'updated the state of snapshot {snapshot_id} of {run_id}')
+
+
+def _snapshot_id(store: RunStore, run_id: str, given: str) -> str:
+    """The full id of the snapshot `given` names (a unique start of an id is enough), read from the run's history."""
+    ids = [row.id for row in common.run(lambda: store.history(run_id)).snapshots]
+    return common.snapshot_id(ids, run_id, given)
 
 
 def _run_time_travel(work: Callable[[], Awaitable[T]]) -> T:
