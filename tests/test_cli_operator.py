@@ -191,18 +191,28 @@ async def test_data_is_changed_only_when_asked(s3: S3Bucket, tmp_path: Path) -> 
 
 
 async def test_a_wait_shows_a_spinner_only_on_a_terminal(s3: S3Bucket) -> None:
+    shown, demo = await together(
+        lambda: stderr_on_a_terminal(s3, 'runs', 'show', 'x'),
+        lambda: stderr_on_a_terminal(s3, 'demo', '--bucket', s3.bucket),
+    )
+    for result in (shown, demo):
+        assert result.code == ExitCode.UNREACHABLE
+        assert 'waiting for S3' in result.stderr and 'unreachable' in result.stderr, result.stderr
+    assert 'waiting for S3' not in demo.stdout
+    # Off a terminal, the error line alone (test_cli's test_an_unreachable_endpoint_is_one_message).
+
+
+async def stderr_on_a_terminal(s3: S3Bucket, *args: str) -> Result:
+    """The command against an unreachable endpoint, its stderr a terminal (what was drawn on it: `stderr`)."""
     controller, terminal = os.openpty()
     try:
-        args = [COMMAND, 'runs', 'show', 'x']
         env = user_env(s3, AWS_ENDPOINT_URL_S3=UNREACHABLE, TERM='xterm')
-        done = await anyio.run_process(args, env=env, check=False, stderr=terminal)
-        shown = _read_available(controller)
+        done = await anyio.run_process([COMMAND, *args], env=env, check=False, stderr=terminal)
+        drawn = _read_available(controller)
     finally:
         os.close(terminal)
         os.close(controller)
-    assert done.returncode == ExitCode.UNREACHABLE
-    assert 'waiting for S3' in shown and 'unreachable' in shown, shown
-    # Off a terminal, the error line alone (test_cli's test_an_unreachable_endpoint_is_one_message).
+    return Result(done.returncode, done.stdout.decode(), drawn)
 
 
 def _read_available(fd: int) -> str:
