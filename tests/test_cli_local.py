@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pydantic_graph_s3.cli import ExitCode
-from pydantic_graph_s3.local_s3 import LOCAL_CREDENTIALS
+from pydantic_s3_cas.local_s3 import LOCAL_CREDENTIALS
 
 COMMAND = str(Path(sys.executable).parent / 'pydantic-graph-s3')
 

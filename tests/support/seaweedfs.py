@@ -18,7 +18,7 @@ from typing import Any
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from pydantic_graph_s3.local_s3 import (
+from pydantic_s3_cas.local_s3 import (
     free_ports,
     remove_leftover_sockets,
     start_weed,

