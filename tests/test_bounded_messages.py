@@ -51,4 +51,4 @@ def test_state_validation_of_json_text_quotes_nothing_of_it() -> None:
 def test_an_unknown_snapshot_id_is_quoted_cut_short() -> None:
     with pytest.raises(SnapshotNotFoundError) as missing:
         fork_head([], source_run_id='source', at='x' * 1_000_000, state=None, now=None)  # type: ignore[arg-type]
-    assert len(str(missing.value)) < 400 and '1000002 characters' in str(missing.value)
+    assert len(str(missing.value)) < 400 and '1000000 characters' in str(missing.value)
