@@ -551,6 +551,7 @@ class S3StatePersistence(BaseStatePersistence[StateT, RunEndT]):
                 max_object_bytes=self.max_object_bytes,
                 labels={'run_id': self.run_id},
                 logger=logger,
+                confirm_cached_decisions=True,  # "nothing to do" is answered from S3, never from a stale copy
             )
         return self._object
 
