@@ -25,7 +25,6 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager, context
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from pathlib import PurePosixPath
 from time import monotonic, perf_counter
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
@@ -263,7 +262,7 @@ class S3StatePersistence(BaseStatePersistence[StateT, RunEndT]):
     @property
     def run_id(self) -> str:
         """The run id this object's key names (`{prefix}{run_id}.json`), as log records and spans show it."""
-        return PurePosixPath(self.key).name.removesuffix('.json')
+        return self.key.rpartition('/')[2].removesuffix('.json')
 
     @property
     def stats(self) -> CasStats:
