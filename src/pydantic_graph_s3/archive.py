@@ -52,7 +52,7 @@ async def import_run(
     except ValueError as e:
         raise ValueError(f'{path} is not a pydantic-graph snapshot list: {str(e).splitlines()[0]}') from e
     # Random: a file's bytes repeat, so a digest of them would meet the segments of an earlier import of it.
-    sealed_head, segments = seal(head, None, secrets.token_hex(16))
+    sealed_head, segments = seal(head, None, lambda: secrets.token_hex(16))
     stored = body if not segments else encode_head(sealed_head)
     creates = [(segment_key(key, sealed_head.segment_id or '', s.seq), s.body) for s in segments]
 

@@ -150,7 +150,8 @@ class RunContext:
     def commit(self, read: RunHead, head: RunHead, result: R) -> Change[RunHead, R]:
         """Write `head` (made from the stored version `read`), sealing what is due: the segments are created
         before the head that counts them, and hold only snapshots `read` already had finished."""
-        sealed_head, segments = seal(head, frozenset(e.id for e in read.snapshots if e.finished), new_segment_id(read))
+        final = frozenset(e.id for e in read.snapshots if e.finished)
+        sealed_head, segments = seal(head, final, lambda: new_segment_id(read))
         assert sealed_head.segment_id is not None or not segments
         creates = [(segment_key(self.key, sealed_head.segment_id or '', s.seq), s.body) for s in segments]
         return Change(sealed_head, result, creates)

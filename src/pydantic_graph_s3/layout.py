@@ -24,7 +24,7 @@ from __future__ import annotations as _annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, TypeGuard
@@ -213,14 +213,15 @@ def parse_segment_key(prefix: str, key: str) -> tuple[str, str, int] | None:
     return run_id, segment_id, seq
 
 
-def seal(head: RunHead, final: frozenset[str] | None, new_id: str) -> tuple[RunHead, list[Segment]]:
+def seal(head: RunHead, final: frozenset[str] | None, new_id: Callable[[], str]) -> tuple[RunHead, list[Segment]]:
     """Move finished history out of the head, `SEAL_THRESHOLD` bytes at a time; return the new head and segments.
 
     `final` are the ids of the snapshots that were already finished in the stored version the change started
     from (`None`: every finished one, for a head that is stored whole at once, as an import). Only those are
     sealed: a snapshot finished by this very write may yet lose the compare-and-swap (a fenced worker's
     success), and a segment made from it would be an orphan holding bytes that never became history.
-    `new_id` is the segment id of a head sealed for the first time (see `new_segment_id`).
+    `new_id()` gives the segment id of a head sealed for the first time (see `new_segment_id`); it is called only
+    then, so an ordinary write pays nothing for it.
 
     So a segment holds only snapshots that some stored head already had finished, and finished snapshots never
     change: every head version with the same sealed count proposes the same bytes for the same segment. The
@@ -229,7 +230,7 @@ def seal(head: RunHead, final: frozenset[str] | None, new_id: str) -> tuple[RunH
     segments: list[Segment] = []
     while (cut := _seal_cut(head.snapshots, final)) is not None:
         sealed, rest = head.snapshots[:cut], head.snapshots[cut:]
-        segment_id = head.segment_id or new_id
+        segment_id = head.segment_id or new_id()
         seq = head.sealed_segments + 1
         body = render_list(e.raw for e in sealed)
         # A head segmented before chains were recorded keeps none: its earlier segments were never chained.
