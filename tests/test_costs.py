@@ -118,3 +118,44 @@ def test_shared_clients_are_closed_when_the_loop_shuts_down(moto_endpoint: S3End
     )
     assert (result.returncode, result.stdout) == (0, 'True\n'), result.stderr
     assert 'Unclosed' not in result.stderr
+
+
+ACLOSE_CHECK = """
+import asyncio, gc, sys
+import aioboto3
+from pydantic_graph_s3 import ClientSettings, RunStore
+
+session = aioboto3.Session(aws_access_key_id='testing', aws_secret_access_key='testing', region_name='us-east-1')
+store = RunStore('no-such-bucket', session=session, client_settings=ClientSettings(endpoint_url=sys.argv[1]))
+
+async def use_and_close():
+    first = await store.s3()
+    await first.list_buckets()
+    if sys.argv[2] == 'aclose':
+        await store.aclose()
+        second = await store.s3()  # a later request opens another client
+        await second.list_buckets()
+        await store.aclose()
+        return second is not first
+    return True
+
+loop = asyncio.new_event_loop()  # closed without shutting down its async generators, unlike asyncio.run
+print(loop.run_until_complete(use_and_close()))
+loop.close()
+gc.collect()
+"""
+
+
+@pytest.mark.parametrize('close', ['aclose', 'leave open'])
+def test_aclose_closes_the_shared_client_of_a_loop_that_is_never_shut_down(
+    moto_endpoint: S3Endpoint, close: str
+) -> None:
+    """`RunStore.aclose()` (every store's, from `S3Connection`) closes the client where no loop shutdown would."""
+    result = subprocess.run(
+        [sys.executable, '-X', 'dev', '-c', ACLOSE_CHECK, moto_endpoint.url, close],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (result.returncode, result.stdout) == (0, 'True\n'), result.stderr
+    assert ('Unclosed' in result.stderr) == (close == 'leave open'), result.stderr

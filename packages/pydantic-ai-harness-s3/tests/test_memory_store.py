@@ -23,12 +23,12 @@ pytestmark = pytest.mark.anyio
 
 
 def test_implements_the_harness_protocols() -> None:
-    store = S3MemoryStore(bucket='b', prefix='m/')
+    store = S3MemoryStore(bucket='my-bucket', prefix='m/')
     assert isinstance(store, MemoryStore)
     assert isinstance(store, MetadataMemoryStore)
     assert isinstance(store, SearchableMemoryStore)
-    with pytest.raises(ValueError, match='prefix must be empty or end with "/"'):
-        S3MemoryStore(bucket='b', prefix='m')
+    with pytest.raises(ValueError, match='must be empty or end with "/"'):
+        S3MemoryStore(bucket='my-bucket', prefix='m')
 
 
 async def test_the_receipt_lands_with_the_change_not_after_it(s3: Bucket) -> None:
