@@ -17,7 +17,7 @@ from pydantic_ai_harness.step_persistence import (
 from scripts import at, event, snapshot
 
 from pydantic_ai_harness_s3 import RunAlreadyRegisteredError, S3StepStore
-from pydantic_ai_harness_s3.step_store import KEY_WINDOW, MARKED_RECENTLY, SEGMENT_ENTRIES, _Lookup
+from pydantic_ai_harness_s3._head import KEY_WINDOW, MARKED_RECENTLY, SEGMENT_ENTRIES, _Lookup
 from pydantic_s3_cas import CorruptObjectError, S3PersistenceError
 
 pytestmark = pytest.mark.anyio
