@@ -68,18 +68,18 @@ async def test_dot_run_ids_are_kept_under_a_level_of_their_own(s3: Bucket, run_i
     assert answered is not None and answered.version == written.version
 
 
-async def test_aclose_closes_the_shared_client_and_a_later_request_opens_another(s3: Bucket) -> None:
-    store = s3.memory_store()
-    await store.write('a.md', 'x', expected_version=None)
-    first = await store.location.s3()
-    await store.aclose()
-    await store.aclose()  # closing twice is fine
-    second = await store.location.s3()
-    assert second is not first
-    stored = await store.read('a.md', max_chars=10)
+async def test_aclose_leaves_the_shared_client_to_the_other_stores_of_the_loop(s3: Bucket) -> None:
+    """`aclose` (and `async with`) on either store: the loop's shared client serves the other stores still."""
+    memory = s3.memory_store()
+    steps = s3.step_store()
+    await memory.write('a.md', 'x', expected_version=None)
+    async with s3.memory_store() as closing:
+        await closing.read('a.md', max_chars=10)
+    await steps.aclose()
+    assert await memory.location.s3() is await steps.location.s3()
+    stored = await memory.read('a.md', max_chars=10)
     assert stored is not None and stored.content == 'x'
-    await s3.step_store().aclose()  # the same client: closed again, reopened by the next request
-    assert await s3.step_store().get_run(run_id='missing') is None
+    assert await steps.get_run(run_id='missing') is None
 
 
 async def test_aclose_leaves_a_given_client_open(s3: Bucket) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations as _annotations
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Generic, TypedDict, TypeVar
+from typing import TYPE_CHECKING, Generic, Self, TypedDict, TypeVar
 from urllib.parse import quote
 
 import aioboto3
@@ -131,9 +131,12 @@ class S3Store:
         return self.location.stats
 
     async def aclose(self) -> None:
-        """Close the shared S3 client this store uses on the running event loop; a `client=` given stays open.
+        """Release what this store holds. The S3 client is the event loop's shared one (or the caller's), so it
+        stays open for the other stores using it: it closes with its event loop, or at
+        `pydantic_s3_cas.close_shared_client()`."""
 
-        Other stores of this loop with the same `session` and `client_settings` share that client: their next
-        request opens a new one, as would this store's. Without it, the client closes with the event loop.
-        """
-        await self.location.aclose()
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()

@@ -2,6 +2,9 @@
 
 pydantic-graph-s3's `RunStore` and pydantic-ai-harness-s3's stores are all a bucket, a key prefix (a folder), a
 client (given, or the event loop's shared one made from `session` and `client_settings`) and retry bounds.
+
+The shared client is shared by every store of its event loop, so no store closes it: it closes when the loop
+shuts down (`asyncio.run`), or at `close_shared_client()`. A client given is the caller's to close.
 """
 
 from __future__ import annotations as _annotations
@@ -12,7 +15,7 @@ from typing import TYPE_CHECKING
 import aioboto3
 
 from .cas import RetryPolicy
-from .client import ClientSettings, close_shared_client, shared_client
+from .client import ClientSettings, shared_client
 from .names import validate_bucket_name, validate_prefix
 
 if TYPE_CHECKING:
@@ -49,12 +52,3 @@ class S3Connection:
         if self.client is not None:
             return self.client
         return await shared_client(self.session, self.client_settings)
-
-    async def aclose(self) -> None:
-        """Close the shared client this uses on the running event loop (a `client` given is the caller's to close).
-
-        Every store of this loop with the same `session` and `client_settings` shares that client: its next
-        request opens a new one. Without `aclose`, the client is closed when the event loop shuts down.
-        """
-        if self.client is None:
-            await close_shared_client(self.session, self.client_settings)
