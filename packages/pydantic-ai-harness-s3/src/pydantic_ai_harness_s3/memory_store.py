@@ -57,7 +57,7 @@ from ._location import S3Store, key_part
 
 __all__ = ('S3MemoryStore', 'RECEIPTS_PER_FILE')
 
-RECEIPTS_PER_FILE = 16
+RECEIPTS_PER_FILE = 8
 """Receipts a file keeps of the operations that last changed it; older ones are under `applied/`."""
 
 
