@@ -25,7 +25,7 @@ from pydantic_ai_harness.step_persistence import SnapshotState, StepEvent
 from pydantic_s3_cas import Change
 
 SEGMENT_ENTRIES = 32
-"""Log entries per sealed segment; the head holds fewer than twice this many."""
+"""Log entries per sealed segment; the head holds at most this many."""
 KEY_WINDOW = 64
 """Idempotency keys the head remembers exactly, per kind (events, snapshots)."""
 MARKED_RECENTLY = 16
@@ -100,6 +100,8 @@ class _Head(BaseModel):
     """The last of those (at most `MARKED_RECENTLY`), oldest first."""
     snapshot_keys_marked: int = 0
     snapshot_keys_marked_recently: tuple[str, ...] = ()
+    max_snapshots_per_run: int | None = None
+    """The bound of the last save that had one: every reader then lists only what that save kept."""
 
     @model_serializer(mode='wrap')
     def _without_unused_markers(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -113,6 +115,7 @@ class _Head(BaseModel):
 
 
 _MARKER_FIELDS = (
+    'max_snapshots_per_run',
     'event_keys_marked',
     'event_keys_marked_recently',
     'snapshot_keys_marked',
@@ -264,14 +267,12 @@ def _head_or_empty(head: _Head | None) -> _Head:
 
 @dataclass(frozen=True)
 class _Appended:
-    """What an append decided: whether it stored anything, and the segment to seal next, if one is full.
+    """What an append decided: whether it stored anything.
 
     `recheck`: nothing was written because the append must look for its key's marker again first.
     """
 
     stored: bool
-    segment: int = 0
-    to_seal: tuple[_EventEntry | _SnapshotEntry, ...] = ()
     recheck: bool = False
 
 
@@ -281,11 +282,18 @@ _AppendAfter = Callable[[_Lookup], _Append]
 
 
 def _with_entry(
-    head: _Head, entry: _EventEntry | _SnapshotEntry, creates: _Creates = (), **update: Any
+    head: _Head, entry: _EventEntry | _SnapshotEntry, folder: str, creates: _Creates = (), **update: Any
 ) -> Change[_Head | None, _Appended]:
-    new = head.model_copy(update={'open': (*head.open, entry), **update})
-    full = new.open[:SEGMENT_ENTRIES] if len(new.open) >= SEGMENT_ENTRIES else ()
-    return Change(new, _Appended(True, new.sealed_segments, tuple(full)), creates)
+    """The head with `entry` appended. When the stored head's open end holds `SEGMENT_ENTRIES` entries, the same
+    write seals them: the segment is created before the head that no longer holds them, so an entry is always in
+    the head, in a segment, or in both. Only entries of the stored head are sealed (never the one being appended,
+    whose write may still lose the race), so every writer that seals segment n creates the same bytes."""
+    opened, sealed = head.open, head.sealed_segments
+    if len(opened) >= SEGMENT_ENTRIES:
+        creates = (*creates, (f'{folder}log/{sealed:08d}.json', _SEGMENT.dump_json(opened[:SEGMENT_ENTRIES])))
+        opened, sealed = opened[SEGMENT_ENTRIES:], sealed + 1
+    new = head.model_copy(update={'open': (*opened, entry), 'sealed_segments': sealed, **update})
+    return Change(new, _Appended(True), creates)
 
 
 _EntryOf = Callable[['_Head'], tuple[_Entry, dict[str, Any], _Creates]]
@@ -306,7 +314,7 @@ def _append_entry(kind: _KeyKind, key: str | None, folder: str, entry_of: _Entry
                     return Change(None, _Appended(False, recheck=decision.recheck))
                 remembered, creates = _remember_key(kind, head, key, folder)
             entry, update, needed = entry_of(head)
-            return _with_entry(head, entry, (*needed, *creates), **update, **remembered)
+            return _with_entry(head, entry, folder, (*needed, *creates), **update, **remembered)
 
         return change
 
@@ -325,7 +333,9 @@ _SnapshotObject = Callable[['_Head', int], tuple[str, tuple[ChunkRef, ...], _Cre
 its history layout, and the objects (chunks, the snapshot object) to create before the head refers to them."""
 
 
-def _append_snapshot(key: str | None, state: SnapshotState, folder: str, build: _SnapshotObject) -> _AppendAfter:
+def _append_snapshot(
+    key: str | None, state: SnapshotState, folder: str, build: _SnapshotObject, keep: int | None
+) -> _AppendAfter:
     def entry_of(head: _Head) -> tuple[_Entry, dict[str, Any], _Creates]:
         seq = head.next_snapshot
         name, layout, creates = build(head, seq)
@@ -336,29 +346,20 @@ def _append_snapshot(key: str | None, state: SnapshotState, folder: str, build: 
         }
         if state == 'complete':
             update['latest_complete'] = entry
+        if keep is not None:
+            update['max_snapshots_per_run'] = keep
         return entry, update, creates
 
     return _append_entry(_SNAPSHOT_KEYS, key, folder, entry_of)
 
 
-def _retained(head: _Head, entry: _SnapshotEntry, keep: int | None) -> bool:
-    """Whether `max_snapshots_per_run=keep` keeps the snapshot: one of the newest `keep`, or the newest `complete`
-    one (the newest overall is always among the newest `keep`). As the harness's stores decide."""
+def _retained(head: _Head, entry: _SnapshotEntry) -> bool:
+    """Whether the head's `max_snapshots_per_run` keeps the snapshot: one of the newest N, or the newest `complete`
+    one (the newest overall is always among the newest N). As the harness's stores decide."""
+    keep = head.max_snapshots_per_run
     if keep is None or entry.seq >= head.next_snapshot - keep:
         return True
     return head.latest_complete is not None and head.latest_complete.seq == entry.seq
-
-
-def _drop_sealed(segment: int, count: int) -> Callable[[_Head | None], Change[_Head | None, None]]:
-    """Drop the first `count` open entries once segment `segment` holds them (a no-op if someone else did)."""
-
-    def change(stored: _Head | None) -> Change[_Head | None, None]:
-        head = _head_or_empty(stored)
-        if head.sealed_segments != segment:
-            return Change(None, None)
-        return Change(head.model_copy(update={'open': head.open[count:], 'sealed_segments': segment + 1}), None)
-
-    return change
 
 
 def _peek(stored: _Head | None) -> Change[_Head | None, _Head | None]:

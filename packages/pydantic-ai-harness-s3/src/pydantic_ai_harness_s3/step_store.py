@@ -33,7 +33,7 @@ import asyncio
 import time
 from collections import OrderedDict
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 from pydantic import TypeAdapter
 from pydantic_ai.messages import ModelMessagesTypeAdapter
@@ -54,7 +54,6 @@ from ._head import (
     _append_event,
     _append_snapshot,
     _AppendAfter,
-    _drop_sealed,
     _EventEntry,
     _Head,
     _key_index,
@@ -214,7 +213,7 @@ class S3StepStore(S3Store):
             return
         externalize = self.media_store is not None
         history = await History.of(snapshot.messages, threshold=self.media_threshold_bytes if externalize else None)
-        before = await self._head(run_id).update(_peek)
+        before = None if lookup.head_missing else await self._head(run_id).update(_peek)  # cached by the lookup
         if history.media:
             previous = before.latest.chunks if before is not None and before.latest is not None else None
             _, reused = reused_messages(previous or (), history)
@@ -232,7 +231,7 @@ class S3StepStore(S3Store):
             folder = self._folder(run_id)
             return name, layout, (*((folder + chunk, data) for chunk, data in chunks), (folder + name, body))
 
-        change = _append_snapshot(key, snapshot.state, self._folder(run_id), build)
+        change = _append_snapshot(key, snapshot.state, self._folder(run_id), build, self.max_snapshots_per_run)
         stored = await self._append(run_id, change, _SNAPSHOT_KEYS, key, lookup)
         # Attempts that lost the head to another writer created snapshot objects nothing refers to.
         for name in built[:-1] if stored else built:
@@ -260,9 +259,12 @@ class S3StepStore(S3Store):
             if isinstance(entry, _SnapshotEntry)
             and (include_interrupted or entry.state == 'complete')
             and head is not None
-            and _retained(head, entry, self.max_snapshots_per_run)
+            and _retained(head, entry)
         ]
-        return list(await asyncio.gather(*(self._load_snapshot(run_id, entry) for entry in entries)))
+        # A run whose bound was raised later lists what the smaller bound kept: the rest is gone.
+        pruned_once = head is not None and head.max_snapshots_per_run is not None
+        loaded = await asyncio.gather(*(self._load_snapshot(run_id, entry, pruned_once) for entry in entries))
+        return [snapshot for snapshot in loaded if snapshot is not None]
 
     # --- deleting runs ----------------------------------------------------------------------------------------
 
@@ -341,7 +343,7 @@ class S3StepStore(S3Store):
     async def _append(
         self, run_id: str, change: _AppendAfter, kind: _KeyKind, key: str | None, lookup: _Lookup
     ) -> bool:
-        """One compare-and-swap on the head, then, if the open end is full, seal its oldest segment.
+        """One compare-and-swap on the head (sealing a segment in the same write when the open end is full).
 
         Returns whether the change appended anything (`False`: its idempotency key was already stored). The
         key lookup is made again only when racing writers marked more keys meanwhile than the head names
@@ -362,8 +364,6 @@ class S3StepStore(S3Store):
         else:
             reason = f'more than {MARKED_RECENTLY} idempotency keys were marked by other writers during each append'
             raise RetriesExhaustedError(head.bucket, head.key, rounds, time.monotonic() - started, reason)
-        if appended.to_seal:
-            await self._seal(run_id, appended.segment, appended.to_seal)
         return appended.stored
 
     async def _look_up(self, run_id: str, kind: _KeyKind, key: str | None) -> _Lookup:
@@ -393,30 +393,6 @@ class S3StepStore(S3Store):
             )
         return _Lookup(found=body is not None, marked_before=marked)
 
-    async def _seal(self, run_id: str, segment: int, entries: tuple[_EventEntry | _SnapshotEntry, ...]) -> None:
-        """Write segment `segment` (create-only), then drop its entries from the head.
-
-        Several writers may seal the same segment: they write the same entries, so a segment already there is
-        checked, not rewritten. A writer that dies in between leaves the entries in the head, and the next
-        append seals them again.
-        """
-        sealed = self._run_folder_object(run_id, f'log/{segment:08d}.json', _SEGMENT)
-
-        def create(existing: _Segment | None) -> Change[_Segment | None, None]:
-            if existing is None:
-                return Change(entries, None)
-            if existing != entries:
-                raise S3PersistenceError(
-                    sealed.bucket,
-                    sealed.key,
-                    'sealed log segment differs from the head it was sealed from; '
-                    'it was left untouched. Another writer with a different layout may share this prefix.',
-                )
-            return Change(None, None)
-
-        await sealed.update(create, expect_missing=True)
-        await self._head(run_id).update(_drop_sealed(segment, len(entries)))
-
     async def _log(self, run_id: str, head: _Head | None = None) -> list[_EventEntry | _SnapshotEntry]:
         """The run's whole log in order: the head (read afresh unless given), then each sealed segment."""
         if head is None:
@@ -440,10 +416,21 @@ class S3StepStore(S3Store):
     def _segment(self, run_id: str, n: int) -> CasObject[_Segment | None]:
         return self._run_folder_object(run_id, f'log/{n:08d}.json', _SEGMENT)
 
-    async def _load_snapshot(self, run_id: str, entry: _SnapshotEntry) -> ContinuableSnapshot:
+    @overload
+    async def _load_snapshot(self, run_id: str, entry: _SnapshotEntry) -> ContinuableSnapshot: ...
+    @overload
+    async def _load_snapshot(
+        self, run_id: str, entry: _SnapshotEntry, missing_ok: bool
+    ) -> ContinuableSnapshot | None: ...
+
+    async def _load_snapshot(
+        self, run_id: str, entry: _SnapshotEntry, missing_ok: bool = False
+    ) -> ContinuableSnapshot | None:
         """The snapshot `entry` refers to: a message-once snapshot object and its chunks, or an older inline one."""
         folder = self._folder(run_id)
         body = await self._head(run_id).read_object(folder + entry.object)
+        if body is None and missing_ok:
+            return None
         if body is None:
             raise S3PersistenceError(
                 self.location.bucket,
@@ -498,9 +485,7 @@ class S3StepStore(S3Store):
         if before is not None and before.latest_complete is not None:
             candidates.append(before.latest_complete.seq)
         for seq in candidates:
-            if seq < 0 or _retained(
-                head, _SnapshotEntry(seq=seq, object='', state='interrupted'), self.max_snapshots_per_run
-            ):
+            if seq < 0 or _retained(head, _SnapshotEntry(seq=seq, object='', state='interrupted')):
                 continue
             known = [entry.object for entry in head.open if isinstance(entry, _SnapshotEntry) and entry.seq == seq]
             if known:
