@@ -295,7 +295,7 @@ async def test_prune_deletes_the_runs_that_ended_before(s3: Bucket) -> None:
     assert len(await store.list_runs()) == 2
     assert await store.prune(ended_before=datetime.now(UTC) - timedelta(days=1)) == []
     assert await store.prune(ended_before=later) == ['old', 'new']
-    assert await store.list_runs() == [] and await s3.keys('agents/') == []
+    assert await store.list_runs() == [] and await s3.keys('agents/') == ['agents/runs-index.json']  # the memo
     with pytest.raises(ValueError, match='timezone-aware'):
         await store.prune(ended_before=datetime(2026, 1, 1))
 
@@ -306,3 +306,28 @@ async def test_aclose_forgets_the_cache(s3: Bucket) -> None:
     assert store._recent == {}
     await store.append_event(event('r', 1))  # still usable: the next call reads afresh
     assert len(await store.list_events(run_id='r')) == 2
+
+
+# --- list_runs ----------------------------------------------------------------------------------------------------
+
+
+async def test_list_runs_reads_each_record_once_across_stores(s3: Bucket) -> None:
+    """A memo of records keyed by ETag: the first listing reads every record, later ones (from fresh stores too)
+    only the new ones, and a deleted run leaves the answer."""
+    store = s3.step_store()
+    for n in range(12):
+        await store.register_run(RunRecord(run_id=f'r{n}', started_at=at(n), conversation_id=f'c{n % 2}'))
+    first, spent = await cost(store, store.list_runs())
+    assert [r.run_id for r in first] == [f'r{n}' for n in range(12)]
+    assert spent['gets'] == 1 + 12 and spent['puts'] == 1  # the memo (missing), each record; the memo written
+    fresh = s3.step_store()
+    again, spent = await cost(fresh, fresh.list_runs(conversation_id='c1'))
+    assert [r.run_id for r in again] == [f'r{n}' for n in range(1, 12, 2)]
+    assert (spent['lists'], spent['gets'], spent['puts']) == (1, 1, 0)
+    await store.register_run(RunRecord(run_id='late', started_at=at(100)))
+    await store.delete_run('r0')
+    later, spent = await cost(fresh, fresh.list_runs())
+    assert [r.run_id for r in later] == [*(f'r{n}' for n in range(1, 12)), 'late']
+    assert (spent['gets'], spent['puts']) == (2, 1)  # the memo and the one new record; the memo rewritten
+    await s3.raw.put_object(Bucket=s3.bucket, Key='agents/runs-index.json', Body=b'not a memo')
+    assert await s3.step_store().list_runs() == later  # a damaged memo is only a cache miss

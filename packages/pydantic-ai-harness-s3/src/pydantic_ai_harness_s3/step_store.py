@@ -80,6 +80,7 @@ from ._history import (
 from ._history import snapshot_object as _snapshot_object
 from ._location import S3Options, S3Store, key_part
 from ._objects import RunMediaStore, delete_immutable, delete_listed
+from ._run_index import read_runs
 
 __all__ = ('S3StepStore', 'RunAlreadyRegisteredError', 'SEGMENT_ENTRIES', 'KEY_WINDOW', 'MARKED_RECENTLY')
 
@@ -178,10 +179,16 @@ class S3StepStore(S3Store):
     async def list_runs(
         self, *, parent_run_id: str | None = None, conversation_id: str | None = None
     ) -> list[RunRecord]:
-        """Matching runs sorted by `started_at`: one listing of `runs/`, then each record read concurrently."""
-        keys = [info.key async for info in self.location.list('runs/') if info.key.endswith('.json')]
+        """Matching runs sorted by `started_at`: one listing of `runs/` and one GET of the memo of records read
+        before (`_run_index`); only records the memo lacks are read, concurrently."""
+        listed = [info async for info in self.location.list('runs/') if info.key.endswith('.json')]
         prefix_length = len(self.location.prefix)
-        loaded = await asyncio.gather(*(self.location.object(key[prefix_length:], _RUN).load() for key in keys))
+
+        async def load(key: str) -> RunRecord | None:
+            record: RunRecord | None = await self.location.object(key[prefix_length:], _RUN).load()
+            return record
+
+        loaded = await read_runs(self.location, listed, load)
         records = [
             record
             for record in loaded
