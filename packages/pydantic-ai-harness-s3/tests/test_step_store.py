@@ -24,16 +24,16 @@ pytestmark = pytest.mark.anyio
 
 
 def test_is_a_step_store_with_list_snapshots() -> None:
-    store = S3StepStore(bucket='b')
+    store = S3StepStore(bucket='my-bucket')
     assert isinstance(store, StepStore)
     assert callable(store.list_snapshots)
 
 
 @pytest.mark.parametrize('prefix', ['runs', 'a/b', '/x/y'])
 def test_prefix_must_be_empty_or_end_with_slash(prefix: str) -> None:
-    with pytest.raises(ValueError, match='prefix must be empty or end with "/"'):
-        S3StepStore(bucket='b', prefix=prefix)
-    S3StepStore(bucket='b', prefix=prefix.rstrip('/') + '/')
+    with pytest.raises(ValueError, match='must be empty or end with "/"'):
+        S3StepStore(bucket='my-bucket', prefix=prefix)
+    S3StepStore(bucket='my-bucket', prefix=prefix.rstrip('/') + '/')
 
 
 def run(run_id: str, seconds: float, **fields: Any) -> RunRecord:

@@ -145,15 +145,9 @@ class S3StepStore(S3Store):
         self._recent: OrderedDict[str, CasObject[Any]] = OrderedDict()
 
     async def aclose(self) -> None:
-        """Forget what this store cached. The S3 client is the event loop's shared one (or the caller's), so it
-        stays open for the other stores using it."""
+        """Forget what this store cached (the S3 client stays open: see `S3Store.aclose`)."""
         self._recent.clear()
-
-    async def __aenter__(self) -> S3StepStore:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
+        await super().aclose()
 
     # --- runs ---------------------------------------------------------------------------------------------------
 
