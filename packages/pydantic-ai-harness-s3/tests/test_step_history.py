@@ -242,7 +242,7 @@ async def test_media_below_the_threshold_or_without_a_store_stay_inline(s3: Buck
 # --- deleting runs ------------------------------------------------------------------------------------------------
 
 
-RUN_IDS = ['a', 'a/b', 'a b', 'ab', 'a%2Fb', 'old', 'new']
+RUN_IDS = ['a', 'a/b', 'a b', 'ab', 'a%2Fb', '.', '..', 'old', 'new']
 
 
 async def fill(store: S3StepStore, run_id: str) -> None:
@@ -258,20 +258,22 @@ async def fill(store: S3StepStore, run_id: str) -> None:
 
 async def test_delete_run_removes_the_run_and_nothing_of_any_other(s3: Bucket) -> None:
     store = s3.step_store()
-    for run_id in RUN_IDS[:5]:
+    for run_id in RUN_IDS[:7]:
         await fill(store, run_id)
     foreign = 'agents/steps/a/notes.txt'
     await s3.raw.put_object(Bucket=s3.bucket, Key=foreign, Body=b'not ours')
-    before = {run_id: await snapshot_of(s3, run_id) for run_id in RUN_IDS[:5]}
+    before = {run_id: await snapshot_of(s3, run_id) for run_id in RUN_IDS[:7]}
     assert await s3.step_store().delete_run('a') is True
     fresh = s3.step_store()
     assert await fresh.get_run(run_id='a') is None and await fresh.latest_snapshot(run_id='a') is None
     assert await fresh.list_events(run_id='a') == []
     assert await s3.keys('agents/steps/a/') == [foreign]  # what it did not write stays
-    for run_id in RUN_IDS[1:5]:
+    for run_id in RUN_IDS[1:7]:
         assert await snapshot_of(s3, run_id) == before[run_id]
-    assert [r.run_id for r in await fresh.list_runs()] == RUN_IDS[1:5]
+    assert [r.run_id for r in await fresh.list_runs()] == RUN_IDS[1:7]
     assert await s3.step_store().delete_run('a') is False
+    assert await s3.step_store().delete_run('.') is True  # `.` and `..` are levels of their own (%2E, %2E%2E)
+    assert await snapshot_of(s3, '..') == before['..']
 
 
 async def snapshot_of(s3: Bucket, run_id: str) -> Any:
