@@ -15,21 +15,18 @@ from __future__ import annotations as _annotations
 
 import argparse
 import asyncio
-import os
 import sys
 import tempfile
-import uuid
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import boto3
+from embedded_bucket import embedded_bucket
 from pydantic_ai.messages import ModelMessagesTypeAdapter
 from pydantic_ai_harness.step_persistence import ContinuableSnapshot, FileStepStore, RunRecord
 
-from pydantic_ai_harness_s3 import ClientSettings, S3StepStore
+from pydantic_ai_harness_s3 import S3StepStore
 from pydantic_ai_harness_s3._history import LEGACY_SNAPSHOT
-from pydantic_s3_cas.embedded import embedded_s3
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'tests'))
 from scripts import at, conversation_snapshot, tool_conversation
@@ -132,16 +129,7 @@ async def bench_list_runs(options: dict[str, Any], runs: int) -> None:
 
 
 async def main(arguments: argparse.Namespace) -> None:
-    for name, value in (('AWS_ACCESS_KEY_ID', 'bench'), ('AWS_SECRET_ACCESS_KEY', 'bench')):
-        os.environ.setdefault(name, value)
-    with embedded_s3() as url:
-        bucket = f'bench-{uuid.uuid4().hex[:12]}'
-        raw = boto3.client(
-            's3', endpoint_url=url, aws_access_key_id='x', aws_secret_access_key='x', region_name='us-east-1'
-        )
-        raw.create_bucket(Bucket=bucket)
-        settings = ClientSettings(endpoint_url=url, region_name='us-east-1')
-        options: dict[str, Any] = {'bucket': bucket, 'prefix': 'bench/', 'client_settings': settings}
+    with embedded_bucket() as options:
         await bench_s3(options, arguments.steps)
         await bench_list_runs(options, arguments.runs)
 

@@ -6,12 +6,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import anyio
 import pytest
-from conftest import Bucket
+from conftest import Bucket, wait_for_marker
 from scripts import conversation_snapshot
 
 pytestmark = pytest.mark.anyio
@@ -37,11 +35,7 @@ async def test_a_save_killed_before_its_head_write_leaves_the_run_continuable(
     """Steps 1-24 saved (chunks merged on the way), step 25 killed after creating its `killed_after` object: a
     fresh process reads step 24 exactly as saved, and saves 25-40 on top; a third reads 40 as saved."""
     first = worker(s3, tmp_path, 'save', '1', '25', killed_after)
-    deadline = time.monotonic() + 120  # a safety net only: the worker signals when it hangs
-    while not (tmp_path / 'hanging').exists():
-        assert first.poll() is None, first.communicate()
-        assert time.monotonic() < deadline, 'the worker never reached the kill point'
-        await anyio.sleep(0.02)
+    await wait_for_marker(tmp_path / 'hanging', first, 'the kill point')
     first.send_signal(signal.SIGKILL)
     first.communicate()
     assert first.returncode == -signal.SIGKILL
