@@ -7,6 +7,7 @@ tests neither install nor run the whole suite.
 from __future__ import annotations as _annotations
 
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -88,3 +89,16 @@ def test_the_install_shows_its_progress(tmp_path: Path) -> None:
     uv_install = (tmp_path / 'calls').read_text().splitlines()[-1]
     assert uv_install.startswith('-m uv pip install') and '--quiet' not in uv_install
     assert dev(f'ensure_venv {tmp_path}/venv').stderr == ''  # installed: nothing to do, nothing said
+
+
+def test_help_exits_0_and_lists_every_command() -> None:
+    script = (ROOT / 'dev').read_text()
+    main = script[script.index('main() {') :]
+    commands = re.findall(r'^    ([a-z][a-z-]*)(?: \|[^)]*)?\)$', main, flags=re.MULTILINE)
+    assert {'demo', 'test', 'test-ai', 'docs', 'help'} <= set(commands)
+    done = subprocess.run([ROOT / 'dev', '--help'], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    for command in commands:
+        assert f'./dev {command}' in done.stdout
+    assert 'set -euo' not in done.stdout
+    assert 'two' not in script.split('set -euo', 1)[0]
