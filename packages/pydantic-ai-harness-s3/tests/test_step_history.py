@@ -242,7 +242,7 @@ async def test_media_below_the_threshold_or_without_a_store_stay_inline(s3: Buck
 # --- deleting runs ------------------------------------------------------------------------------------------------
 
 
-RUN_IDS = ['a', 'a/b', 'a b', 'ab', 'a%2Fb', 'old', 'new']
+RUN_IDS = ['a', 'a/b', 'a b', 'ab', 'a%2Fb', '.', '..', 'old', 'new']
 
 
 async def fill(store: S3StepStore, run_id: str) -> None:
@@ -258,20 +258,22 @@ async def fill(store: S3StepStore, run_id: str) -> None:
 
 async def test_delete_run_removes_the_run_and_nothing_of_any_other(s3: Bucket) -> None:
     store = s3.step_store()
-    for run_id in RUN_IDS[:5]:
+    for run_id in RUN_IDS[:7]:
         await fill(store, run_id)
     foreign = 'agents/steps/a/notes.txt'
     await s3.raw.put_object(Bucket=s3.bucket, Key=foreign, Body=b'not ours')
-    before = {run_id: await snapshot_of(s3, run_id) for run_id in RUN_IDS[:5]}
+    before = {run_id: await snapshot_of(s3, run_id) for run_id in RUN_IDS[:7]}
     assert await s3.step_store().delete_run('a') is True
     fresh = s3.step_store()
     assert await fresh.get_run(run_id='a') is None and await fresh.latest_snapshot(run_id='a') is None
     assert await fresh.list_events(run_id='a') == []
     assert await s3.keys('agents/steps/a/') == [foreign]  # what it did not write stays
-    for run_id in RUN_IDS[1:5]:
+    for run_id in RUN_IDS[1:7]:
         assert await snapshot_of(s3, run_id) == before[run_id]
-    assert [r.run_id for r in await fresh.list_runs()] == RUN_IDS[1:5]
+    assert [r.run_id for r in await fresh.list_runs()] == RUN_IDS[1:7]
     assert await s3.step_store().delete_run('a') is False
+    assert await s3.step_store().delete_run('.') is True  # `.` and `..` are levels of their own (%2E, %2E%2E)
+    assert await snapshot_of(s3, '..') == before['..']
 
 
 async def snapshot_of(s3: Bucket, run_id: str) -> Any:
@@ -295,7 +297,7 @@ async def test_prune_deletes_the_runs_that_ended_before(s3: Bucket) -> None:
     assert len(await store.list_runs()) == 2
     assert await store.prune(ended_before=datetime.now(UTC) - timedelta(days=1)) == []
     assert await store.prune(ended_before=later) == ['old', 'new']
-    assert await store.list_runs() == [] and await s3.keys('agents/') == []
+    assert await store.list_runs() == [] and await s3.keys('agents/') == ['agents/runs-index.json']  # the memo
     with pytest.raises(ValueError, match='timezone-aware'):
         await store.prune(ended_before=datetime(2026, 1, 1))
 
@@ -306,3 +308,28 @@ async def test_aclose_forgets_the_cache(s3: Bucket) -> None:
     assert store._recent == {}
     await store.append_event(event('r', 1))  # still usable: the next call reads afresh
     assert len(await store.list_events(run_id='r')) == 2
+
+
+# --- list_runs ----------------------------------------------------------------------------------------------------
+
+
+async def test_list_runs_reads_each_record_once_across_stores(s3: Bucket) -> None:
+    """A memo of records keyed by ETag: the first listing reads every record, later ones (from fresh stores too)
+    only the new ones, and a deleted run leaves the answer."""
+    store = s3.step_store()
+    for n in range(12):
+        await store.register_run(RunRecord(run_id=f'r{n}', started_at=at(n), conversation_id=f'c{n % 2}'))
+    first, spent = await cost(store, store.list_runs())
+    assert [r.run_id for r in first] == [f'r{n}' for n in range(12)]
+    assert spent['gets'] == 1 + 12 and spent['puts'] == 1  # the memo (missing), each record; the memo written
+    fresh = s3.step_store()
+    again, spent = await cost(fresh, fresh.list_runs(conversation_id='c1'))
+    assert [r.run_id for r in again] == [f'r{n}' for n in range(1, 12, 2)]
+    assert (spent['lists'], spent['gets'], spent['puts']) == (1, 1, 0)
+    await store.register_run(RunRecord(run_id='late', started_at=at(100)))
+    await store.delete_run('r0')
+    later, spent = await cost(fresh, fresh.list_runs())
+    assert [r.run_id for r in later] == [*(f'r{n}' for n in range(1, 12)), 'late']
+    assert (spent['gets'], spent['puts']) == (2, 1)  # the memo and the one new record; the memo rewritten
+    await s3.raw.put_object(Bucket=s3.bucket, Key='agents/runs-index.json', Body=b'not a memo')
+    assert await s3.step_store().list_runs() == later  # a damaged memo is only a cache miss

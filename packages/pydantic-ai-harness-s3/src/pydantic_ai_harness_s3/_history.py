@@ -20,6 +20,7 @@ import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from dataclasses import fields as dataclass_fields
 from datetime import datetime
 from typing import Any, Literal
 
@@ -155,32 +156,14 @@ class StoredSnapshot(BaseModel):
 
     @classmethod
     def of(cls, snapshot: ContinuableSnapshot, chunks: tuple[ChunkRef, ...]) -> StoredSnapshot:
-        return cls(
-            run_id=snapshot.run_id,
-            step_index=snapshot.step_index,
-            conversation_id=snapshot.conversation_id,
-            parent_run_id=snapshot.parent_run_id,
-            agent_name=snapshot.agent_name,
-            timestamp=snapshot.timestamp,
-            state=snapshot.state,
-            idempotency_key=snapshot.idempotency_key,
-            chunks=chunks,
-        )
+        fields = {name: getattr(snapshot, name) for name in _SNAPSHOT_FIELDS}
+        return cls(**fields, chunks=chunks)
 
     def with_messages(self, messages: list[ModelMessage]) -> ContinuableSnapshot:
-        return ContinuableSnapshot(
-            run_id=self.run_id,
-            step_index=self.step_index,
-            messages=messages,
-            conversation_id=self.conversation_id,
-            parent_run_id=self.parent_run_id,
-            agent_name=self.agent_name,
-            timestamp=self.timestamp,
-            state=self.state,
-            idempotency_key=self.idempotency_key,
-        )
+        return ContinuableSnapshot(**{name: getattr(self, name) for name in _SNAPSHOT_FIELDS}, messages=messages)
 
 
+_SNAPSHOT_FIELDS = tuple(field.name for field in dataclass_fields(ContinuableSnapshot) if field.name != 'messages')
 STORED_SNAPSHOT = TypeAdapter(StoredSnapshot)
 LEGACY_SNAPSHOT = TypeAdapter(ContinuableSnapshot)
 """Snapshot objects written before message-once storage: the whole snapshot, messages inline."""

@@ -4,27 +4,18 @@ Key layout under the store's prefix (`{rid}` is the percent-encoded run id):
 
 ```text
 runs/{rid}.json                        RunRecord; created once (If-None-Match), never rewritten
-steps/{rid}/head.json                  the run's head: the one object every append changes (If-Match)
+runs-index.json                        list_runs' memo of records by ETag (`_run_index`), a cache
+steps/{rid}/head.json                  the run's head: the one object every append changes (If-Match; `_head`)
 steps/{rid}/log/{n:08d}.json           sealed segment n: 32 log entries, immutable
-steps/{rid}/snapshots/{uuid}.json      one ContinuableSnapshot each, immutable
+steps/{rid}/snapshots/{seq:012d}-{random}.json   a snapshot's fields and history layout, immutable (`_history`)
+steps/{rid}/chunks/{sha256}.json       consecutive messages of the history, content-addressed, immutable
+steps/{rid}/media/{sha256}.bin         media left out of the history (media_store='auto'), immutable
 steps/{rid}/keys/{kind}/{sha256}.json  a custom idempotency key that left the head's window; create-only, immutable
 steps/{rid}/tool-effects/{tcid}.json   one ToolEffectRecord per tool call, changed by compare-and-swap
 ```
 
-The head holds the open end of the run's log (at most a segment's worth of events and snapshot references, each
-with the sequence number the head assigned), the recent idempotency keys, and references to the newest snapshot
-and the newest `complete` one. An append is one compare-and-swap on the head, so sequence numbers are assigned in
-one order, without gaps, and a key is checked and recorded in the same write that stores the event. When the open
-end fills up, its oldest entries are written out as an immutable segment and only then dropped from the head, so
-the head stays small however long the run grows, and nothing is ever in neither place.
-
-Idempotency keys: StepPersistence's own keys (`{index}:...`) are covered forever by an index floor (events) or
-high-water mark (snapshots) in the head. Any other ("custom") key that leaves the head's window of `KEY_WINDOW`
-keys gets a marker object under `keys/`, created by the same head update that drops it, before the head is
-written: every key ever recorded is in the head or has a marker. An append of a custom key that is not in the
-head, on a head that has dropped custom keys, reads the marker first (one GET); the head also names the last
-`MARKED_RECENTLY` keys it dropped, so that the decision can be re-checked inside the compare-and-swap against
-keys dropped by racing writers after that GET.
+Every object the head refers to is created before the head is written, so a reader never follows a reference to
+an object that is not there, and a writer that dies leaves only objects that nothing refers to.
 """
 
 from __future__ import annotations as _annotations
@@ -80,6 +71,7 @@ from ._history import (
 from ._history import snapshot_object as _snapshot_object
 from ._location import S3Options, S3Store, key_part
 from ._objects import RunMediaStore, delete_immutable, delete_listed
+from ._run_index import read_runs
 
 __all__ = ('S3StepStore', 'RunAlreadyRegisteredError', 'SEGMENT_ENTRIES', 'KEY_WINDOW', 'MARKED_RECENTLY')
 
@@ -172,10 +164,16 @@ class S3StepStore(S3Store):
     async def list_runs(
         self, *, parent_run_id: str | None = None, conversation_id: str | None = None
     ) -> list[RunRecord]:
-        """Matching runs sorted by `started_at`: one listing of `runs/`, then each record read concurrently."""
-        keys = [info.key async for info in self.location.list('runs/') if info.key.endswith('.json')]
+        """Matching runs sorted by `started_at`: one listing of `runs/` and one GET of the memo of records read
+        before (`_run_index`); only records the memo lacks are read, concurrently."""
+        listed = [info async for info in self.location.list('runs/') if info.key.endswith('.json')]
         prefix_length = len(self.location.prefix)
-        loaded = await asyncio.gather(*(self.location.object(key[prefix_length:], _RUN).load() for key in keys))
+
+        async def load(key: str) -> RunRecord | None:
+            record: RunRecord | None = await self.location.object(key[prefix_length:], _RUN).load()
+            return record
+
+        loaded = await read_runs(self.location, listed, load)
         records = [
             record
             for record in loaded
