@@ -199,7 +199,7 @@ async def test_prune_deletes_only_ended_runs_before_the_date(s3: S3Bucket) -> No
     await ended_run(s3, 'old-2')
     await unfinished_run(s3, 'busy')
 
-    past = await cli(s3, 'runs', 'prune', '--ended-before', '2000-01-01', '--json')
+    past = await cli(s3, 'runs', 'prune', '--ended-before', '2000-01-01', '--json', '--yes')
     assert past.code == 0
     assert [o['deleted'] for o in past.json()] == [False, False, False]
 
@@ -208,7 +208,7 @@ async def test_prune_deletes_only_ended_runs_before_the_date(s3: S3Bucket) -> No
     assert 'would delete: 2 of 3 runs' in dry.stdout
     assert len((await cli(s3, 'runs', 'list', '--json')).json()) == 3
 
-    pruned = await cli(s3, 'runs', 'prune', '--ended-before', '2999-01-01T00:00:00+00:00', '--json')
+    pruned = await cli(s3, 'runs', 'prune', '--ended-before', '2999-01-01T00:00:00+00:00', '--json', '--yes')
     assert pruned.code == 0
     outcomes = {o['run']['run_id']: (o['deleted'], o['reason']) for o in pruned.json()}
     assert outcomes == {

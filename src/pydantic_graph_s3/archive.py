@@ -14,6 +14,7 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
+import pydantic_core
 from pydantic_graph.graph import Graph
 
 from pydantic_s3_cas import Change, ObjectExistsError
@@ -23,7 +24,7 @@ from .layout import decode_head, encode_head, seal, segment_key
 from .persistence import decode_snapshot_list, run_object_key
 from .run_objects import RunObjects, RunSummary
 
-__all__ = ('export_run', 'import_run')
+__all__ = ('export_run', 'import_run', 'write_file')
 
 
 async def export_run(objects: RunObjects, run_id: str, path: str | os.PathLike[str], *, overwrite: bool) -> RunSummary:
@@ -31,7 +32,7 @@ async def export_run(objects: RunObjects, run_id: str, path: str | os.PathLike[s
     summary = await objects.get_run(run_id)
     head_body, _ = await objects.read(summary.key)
     body = await objects.assemble(summary.key, head_body)
-    await anyio.to_thread.run_sync(_write_file, Path(path), body, overwrite)
+    await anyio.to_thread.run_sync(write_file, Path(path), body, overwrite)
     return summary
 
 
@@ -41,6 +42,7 @@ async def import_run(
     """See `RunStore.import_run`."""
     key = run_object_key(objects.prefix, run_id)
     body = await anyio.Path(path).read_bytes()
+    _check_json(path, body)
     try:
         head = decode_head(body)
         if head.segmented:
@@ -65,15 +67,26 @@ async def import_run(
     return await objects.get_run(run_id)
 
 
-def _write_file(path: Path, body: bytes, overwrite: bool) -> None:
-    """Write `body` to `path` whole or not at all, with the mode the user's umask gives a new file.
+def _check_json(path: str | os.PathLike[str], body: bytes) -> None:
+    """Say "not JSON" of a file that is not (an empty one, a zip), before saying what JSON it should hold."""
+    try:
+        pydantic_core.from_json(body)
+    except ValueError as e:
+        why = 'it is empty' if not body.strip() else str(e).splitlines()[0]
+        message = f'{path} is not JSON ({why}): give a file written by FileStatePersistence or `runs export`'
+        raise ValueError(message) from None
+
+
+def write_file(path: Path, body: bytes, overwrite: bool) -> None:
+    """Write `body` to `path` whole or not at all, with the mode the user's umask gives a new file; an existing
+    file only with `overwrite` (an export, and the CLI's HTML page of a run).
 
     Every way the path can be wrong is an `OSError` whose message says which path and what to do.
     """
     if path.is_dir():
         raise IsADirectoryError(f'{path} is a folder: give the path of the file to write')
     if path.exists() and not overwrite:
-        raise FileExistsError(f'{path} exists: choose another path, or overwrite it')
+        raise FileExistsError(f'{path} exists: choose another path, or overwrite it (--overwrite)')
     if not path.parent.is_dir():
         raise FileNotFoundError(f'folder {path.parent} does not exist: create it first')
     # Written beside the target and renamed over it, so a reader never sees half a file. os.open applies the

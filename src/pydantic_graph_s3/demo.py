@@ -32,6 +32,8 @@ from .runs import format_duration
 __all__ = ('DemoOptions', 'run_demo')
 
 EMBEDDED_BUCKET = 'pydantic-graph-s3-demo'
+_WAITING = Console(stderr=True)
+"""Spinners while the demo waits go to stderr, drawn only on a terminal: the output stays the demo's."""
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,7 @@ def run_demo(options: DemoOptions, console: Console) -> int:
 @contextmanager
 def _embedded_environment(console: Console) -> Iterator[str]:
     with ExitStack() as stack:
-        with console.status('starting the embedded S3 (moto server on 127.0.0.1)...'):
+        with _WAITING.status('starting the embedded S3 (moto server on 127.0.0.1)...'):
             endpoint = stack.enter_context(embedded_s3())
         # The demo then configures nothing in code: the library finds the endpoint as it would find AWS.
         stack.enter_context(
@@ -93,7 +95,9 @@ async def _create_bucket(bucket: str) -> None:
 async def _advance_to_end(bucket: str, prefix: str, run_id: str, counter: int, console: Console) -> int:
     requests = await _count_requests()
     console.print(Text.assemble('run ', (run_id, 'bold'), f' at s3://{bucket}/{prefix}{run_id}.json'))
-    if not await start_run(run_id, bucket=bucket, prefix=prefix, counter=counter):
+    with _WAITING.status('waiting for S3...'):
+        created = await start_run(run_id, bucket=bucket, prefix=prefix, counter=counter)
+    if not created:
         # Left as it was: the demo starts runs, it does not add a second start to one.
         raise ObjectExistsError(bucket, f'{prefix}{run_id}.json')
     console.print(f'  started: CountDown, counter={counter} ({requests.pop()} requests)')

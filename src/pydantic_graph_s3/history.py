@@ -19,7 +19,7 @@ from pydantic_s3_cas import CorruptObjectError
 
 from .persistence import decode_snapshot_list, run_object_key
 from .run_objects import RunObjects
-from .time_travel import CopyOf, copy_of
+from .time_travel import CopyOf, copy_of, is_superseded
 
 __all__ = ('SnapshotRow', 'RunHistory', 'read_history', 'raw_rows')
 
@@ -44,6 +44,8 @@ class SnapshotRow:
     """When a worker claimed the node snapshot, when its claim records it (written with `reclaim_after`)."""
     copy_of: CopyOf | None = None
     """The snapshot this one is a copy of, when a fork or a rollback made it."""
+    superseded: bool = False
+    """Marked `error` by a rollback that continued from an earlier snapshot, not by a failure of its own."""
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,7 @@ def _raw_row(index: int, item: Any) -> SnapshotRow:
             state=item.get('state'),
             claimed_at=_timestamp(claim.get('claimed_at')) if isinstance(claim := item.get('claim'), dict) else None,
             copy_of=copy_of(item),
+            superseded=isinstance(claim, dict) and is_superseded(claim.get('error')),
         )
     if kind == 'end' and isinstance(item.get('result'), dict):
         return SnapshotRow(
@@ -133,6 +136,7 @@ def _typed_row(snapshot: Snapshot[Any, Any], raw: SnapshotRow) -> SnapshotRow:
             state,
             claimed_at=raw.claimed_at,
             copy_of=raw.copy_of,
+            superseded=raw.superseded,
         )
     assert isinstance(snapshot, EndSnapshot)
     result = pydantic_core.to_jsonable_python(snapshot.result.data)

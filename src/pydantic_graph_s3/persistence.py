@@ -53,6 +53,7 @@ from pydantic_s3_cas import (
     quoted,
     shared_client,
     validate_bucket_name,
+    validate_prefix,
 )
 from pydantic_s3_cas.cas import CLOCK_TOLERANCE
 from pydantic_s3_cas.telemetry import span
@@ -135,20 +136,6 @@ def validate_run_id(run_id: str) -> str:
             '(not "." or "..")'
         )
     return run_id
-
-
-def validate_prefix(prefix: str) -> str:
-    """Return `prefix` if it names a folder (`''`, or ending with `/`), else raise `ValueError`.
-
-    Without the slash, prefix `runs` would share keys with prefix `runs-v2` (`runs-v2abc.json` is run `-v2abc`
-    of one and run `abc` of the other), so one deployment would answer and delete the other's runs.
-    """
-    if not isinstance(prefix, str) or (prefix and not prefix.endswith('/')):
-        raise ValueError(
-            f'invalid prefix {quoted(prefix)}: a prefix names a folder, so it must be empty or end with "/". '
-            'Add the slash if your runs are stored under it; a prefix without one shares keys with other prefixes.'
-        )
-    return prefix
 
 
 def run_object_key(prefix: str, run_id: str) -> str:

@@ -27,6 +27,8 @@ from .changes import RunContext, is_stale
 from .layout import Claim, Element, RunHead, decode_head, encode_head
 
 __all__ = (
+    'SUPERSEDED',
+    'is_superseded',
     'COPY_OF_KEY',
     'CopyOf',
     'copy_of',
@@ -42,6 +44,9 @@ __all__ = (
     'rollback',
     'update_waiting_state',
 )
+
+SUPERSEDED = 'superseded by rollback'
+"""How the claim error of a snapshot a rollback marked `error` begins."""
 
 COPY_OF_KEY = 'copy_of'
 """The key, in a snapshot's stored JSON object, that says which snapshot it is a copy of."""
@@ -243,7 +248,7 @@ def rollback(
     for index, superseded in enumerate(head.snapshots):
         if index in stale or (superseded.kind == 'node' and superseded.status == 'created'):
             attempt = 0 if superseded.claim is None else superseded.claim.attempt
-            revoked = Claim(uuid.uuid4().hex, now, attempt, f'superseded by rollback to {to} (snapshot {copy.id})')
+            revoked = Claim(uuid.uuid4().hex, now, attempt, f'{SUPERSEDED} to {to} (snapshot {copy.id})')
             changed = changed.with_element(index, superseded.patched(status='error', claim=revoked))
     return ctx.commit(head, changed.appended(copy), copy.id)
 
@@ -260,5 +265,17 @@ def update_waiting_state(
     status = 'empty' if last is None else last.status
     raise RunBusyError(
         f'run {run_id} has no waiting snapshot to correct (its last snapshot is {status}): its state can only be '
-        'changed before a worker claims the step; roll it back (`runs rollback --state`) or fork it instead'
+        'changed before a worker claims the step; ' + _what_works(last)
     )
+
+
+def _what_works(last: Element | None) -> str:
+    """An ended run can only be forked (a rollback refuses it); one still running can be rolled back too."""
+    if last is not None and last.kind == 'end':
+        return 'it has ended: fork it with the new state instead (`runs fork --state`)'
+    return 'roll it back (`runs rollback --state`) or fork it instead'
+
+
+def is_superseded(claim_error: object) -> bool:
+    """Whether a snapshot's claim error says a rollback marked it `error`, rather than a failure of its own."""
+    return isinstance(claim_error, str) and claim_error.startswith(SUPERSEDED)

@@ -35,12 +35,13 @@ def quoted(value: object, limit: int = QUOTE_LIMIT) -> str:
     Error messages and log records quote what a caller sent (a run id, a node id) to say what was wrong with
     it; a 10 MB run id must not become a 10 MB message.
     """
-    return shortened(repr(value), limit)
+    # The marker gives the length of the value, not of its repr (a 250-character id is not 252 characters).
+    return shortened(repr(value), limit, length=len(value) if isinstance(value, str | bytes) else None)
 
 
-def shortened(text: str, limit: int = QUOTE_LIMIT) -> str:
-    """`text`, cut to `limit` characters with a marker saying how long it was."""
-    return text if len(text) <= limit else f'{text[:limit]}... ({len(text)} characters)'
+def shortened(text: str, limit: int = QUOTE_LIMIT, *, length: int | None = None) -> str:
+    """`text`, cut to `limit` characters with a marker saying how long it was (`length`, by default its own)."""
+    return text if len(text) <= limit else f'{text[:limit]}... ({len(text) if length is None else length} characters)'
 
 
 class S3PersistenceError(Exception):
