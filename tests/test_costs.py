@@ -174,3 +174,45 @@ def test_shared_clients_are_closed_when_the_loop_shuts_down(moto_endpoint: S3End
     )
     assert (result.returncode, result.stdout) == (0, 'True\n'), result.stderr
     assert 'Unclosed' not in result.stderr
+
+
+CLOSE_SHARED_CHECK = """
+import asyncio, gc, sys
+import aioboto3
+from pydantic_graph_s3 import ClientSettings, RunStore
+from pydantic_s3_cas import close_shared_client
+
+session = aioboto3.Session(aws_access_key_id='testing', aws_secret_access_key='testing', region_name='us-east-1')
+settings = ClientSettings(endpoint_url=sys.argv[1])
+store = RunStore('no-such-bucket', session=session, client_settings=settings)
+
+async def use_and_close():
+    first = await store.s3()
+    await first.list_buckets()
+    if sys.argv[2] == 'close':
+        await close_shared_client(session, settings)
+        second = await store.s3()  # a later request opens another client
+        await second.list_buckets()
+        await close_shared_client(session, settings)
+        await close_shared_client(session, settings)  # nothing open: nothing to do
+        return second is not first
+    return True
+
+loop = asyncio.new_event_loop()  # closed without shutting down its async generators, unlike asyncio.run
+print(loop.run_until_complete(use_and_close()))
+loop.close()
+gc.collect()
+"""
+
+
+@pytest.mark.parametrize('close', ['close', 'leave open'])
+def test_close_shared_client_closes_it_on_a_loop_that_is_never_shut_down(moto_endpoint: S3Endpoint, close: str) -> None:
+    """`close_shared_client` closes the loop's client where no loop shutdown would; the next request reopens one."""
+    result = subprocess.run(
+        [sys.executable, '-X', 'dev', '-c', CLOSE_SHARED_CHECK, moto_endpoint.url, close],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (result.returncode, result.stdout) == (0, 'True\n'), result.stderr
+    assert ('Unclosed' in result.stderr) == (close == 'leave open'), result.stderr

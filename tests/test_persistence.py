@@ -129,6 +129,18 @@ async def test_snapshot_methods_and_load_all(s3: S3Bucket) -> None:
     assert json.loads(body)[0]['node'] == {'node_id': 'CountDown'}
 
 
+async def test_stored_snapshots_share_nothing_with_the_callers_state(s3: S3Bucket) -> None:
+    persistence = typed(s3.persistence('detached'))
+    state, node = CountDownState(5), CountDown()
+    await persistence.snapshot_node(state, node)
+    state.counter = 99  # the graph goes on changing its state in place
+    await persistence.snapshot_end(state, End(0))
+    state.counter = 100
+    first, end = await persistence.load_all()
+    assert (first.state, end.state) == (CountDownState(5), CountDownState(99))
+    assert first.id == node.get_snapshot_id(), "the caller's node carries its snapshot id"
+
+
 async def test_snapshot_node_if_new_writes_once(s3: S3Bucket) -> None:
     persistence = typed(s3.persistence('if-new'))
     node = CountDown()

@@ -15,7 +15,6 @@ Claims are stamped and judged by the S3 endpoint's clock (`CasObject.server_now`
 
 from __future__ import annotations as _annotations
 
-import copy
 import functools
 import logging
 import re
@@ -25,7 +24,6 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager, context
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from pathlib import PurePosixPath
 from time import monotonic, perf_counter
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
@@ -55,6 +53,7 @@ from pydantic_s3_cas import (
     quoted,
     shared_client,
     validate_bucket_name,
+    validate_prefix,
 )
 from pydantic_s3_cas.cas import CLOCK_TOLERANCE
 from pydantic_s3_cas.telemetry import span
@@ -82,7 +81,6 @@ __all__ = (
 )
 
 R = TypeVar('R')
-S = TypeVar('S')
 Snapshots = list[Snapshot[StateT, RunEndT]]
 
 
@@ -138,20 +136,6 @@ def validate_run_id(run_id: str) -> str:
             '(not "." or "..")'
         )
     return run_id
-
-
-def validate_prefix(prefix: str) -> str:
-    """Return `prefix` if it names a folder (`''`, or ending with `/`), else raise `ValueError`.
-
-    Without the slash, prefix `runs` would share keys with prefix `runs-v2` (`runs-v2abc.json` is run `-v2abc`
-    of one and run `abc` of the other), so one deployment would answer and delete the other's runs.
-    """
-    if not isinstance(prefix, str) or (prefix and not prefix.endswith('/')):
-        raise ValueError(
-            f'invalid prefix {quoted(prefix)}: a prefix names a folder, so it must be empty or end with "/". '
-            'Add the slash if your runs are stored under it; a prefix without one shares keys with other prefixes.'
-        )
-    return prefix
 
 
 def run_object_key(prefix: str, run_id: str) -> str:
@@ -263,7 +247,7 @@ class S3StatePersistence(BaseStatePersistence[StateT, RunEndT]):
     @property
     def run_id(self) -> str:
         """The run id this object's key names (`{prefix}{run_id}.json`), as log records and spans show it."""
-        return PurePosixPath(self.key).name.removesuffix('.json')
+        return self.key.rpartition('/')[2].removesuffix('.json')
 
     @property
     def stats(self) -> CasStats:
@@ -271,17 +255,18 @@ class S3StatePersistence(BaseStatePersistence[StateT, RunEndT]):
         return self._cas().stats
 
     async def snapshot_node(self, state: StateT, next_node: BaseNode[StateT, Any, RunEndT]) -> None:
-        snapshot = _detached(NodeSnapshot(state=state, node=next_node))
-        with self._traced('snapshot_node', snapshot.id):
-            await self._append(snapshot)
+        # Rendered to bytes before any await: what is stored shares nothing with the caller, whose graph goes on
+        # changing its state and nodes in place, with no copy of them. Building the snapshot sets the node's id.
+        element = self._types().element(NodeSnapshot(state=state, node=next_node))
+        with self._traced('snapshot_node', element.id):
+            await self._append(element)
 
     async def snapshot_node_if_new(
         self, snapshot_id: str, state: StateT, next_node: BaseNode[StateT, Any, RunEndT]
     ) -> None:
-        snapshot = _detached(NodeSnapshot(state=state, node=next_node))
+        element = self._types().element(NodeSnapshot(state=state, node=next_node))
         with self._traced('snapshot_node_if_new', snapshot_id):
             await self._flush_finished()
-            element = self._types().element(snapshot)
             await self._update(lambda ctx: partial(changes.append_if_new, ctx, element, True))
 
     async def initialize_run(
@@ -293,7 +278,7 @@ class S3StatePersistence(BaseStatePersistence[StateT, RunEndT]):
         are: `Graph.initialize` appends, so a retried or duplicated start would add a second first node. The
         write is create-only (`IfNoneMatch='*'`, no GET first), so of concurrent starts exactly one creates.
         """
-        element = self._types().element(_detached(NodeSnapshot(state=state, node=node)))
+        element = self._types().element(NodeSnapshot(state=state, node=node))
         create = partial(changes.create_if_empty, self._context(), element)
         existing = await self._cas().update(create, expect_missing=True)
         if existing is None:
@@ -301,9 +286,9 @@ class S3StatePersistence(BaseStatePersistence[StateT, RunEndT]):
         return (await self._history(existing)).snapshots
 
     async def snapshot_end(self, state: StateT, end: End[RunEndT]) -> None:
-        snapshot = _detached(EndSnapshot(state=state, result=end))
-        with self._traced('snapshot_end', snapshot.id):
-            await self._append(snapshot)
+        element = self._types().element(EndSnapshot(state=state, result=end))
+        with self._traced('snapshot_end', element.id):
+            await self._append(element)
 
     def record_run(self, snapshot_id: str) -> AbstractAsyncContextManager[None]:
         """Record the node's run: `running` on entry and `error` at once if it raises; its `success` is written
@@ -474,8 +459,7 @@ class S3StatePersistence(BaseStatePersistence[StateT, RunEndT]):
                 call_span.set_attribute('outcome', outcome)
                 logger.debug('run %s: %s %s', self.run_id, method, outcome, extra={'run_id': self.run_id})
 
-    async def _append(self, snapshot: Snapshot[StateT, RunEndT]) -> None:
-        element = self._types().element(snapshot)
+    async def _append(self, element: Element) -> None:
         finished, self._finished = self._finished, None
         if finished is None:
             await self._update(lambda ctx: partial(changes.append_if_new, ctx, element, False))
@@ -551,6 +535,7 @@ class S3StatePersistence(BaseStatePersistence[StateT, RunEndT]):
                 max_object_bytes=self.max_object_bytes,
                 labels={'run_id': self.run_id},
                 logger=logger,
+                confirm_cached_decisions=True,  # "nothing to do" is answered from S3, never from a stale copy
             )
         return self._object
 
@@ -566,14 +551,6 @@ class S3StatePersistence(BaseStatePersistence[StateT, RunEndT]):
 async def recover_run(persistence: S3StatePersistence[Any, Any], *, force: bool = False) -> list[str]:
     """`persistence.recover(force=force)`: what the `pydantic-graph-s3 runs recover [--force]` command calls."""
     return await persistence.recover(force=force)
-
-
-def _detached(snapshot: S) -> S:
-    """A copy sharing nothing with the caller, whose graph goes on changing its state and nodes in place.
-
-    The snapshot is built before copying, so that the node's snapshot id is set on the caller's node too.
-    """
-    return copy.deepcopy(snapshot)
 
 
 @dataclass(frozen=True)

@@ -17,25 +17,16 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import aioboto3
 from pydantic_graph.graph import Graph
 
-from pydantic_s3_cas import (
-    CasStats,
-    ClientSettings,
-    ObjectChangedError,
-    ObjectNotFoundError,
-    RetryPolicy,
-    shared_client,
-    validate_bucket_name,
-)
+from pydantic_s3_cas import CasStats, ObjectChangedError, ObjectNotFoundError, S3Connection
 
 from . import archive, cleanup
 from .cleanup import PruneOutcome
 from .history import RunHistory, SnapshotRow, read_history
-from .persistence import S3StatePersistence, graph_types, run_object_key, validate_prefix, validate_run_id
+from .persistence import S3StatePersistence, graph_types, run_object_key, validate_run_id
 from .run_objects import RunObjects, RunSummary
 from .time_travel import (
     KEEP_STATE,
@@ -48,36 +39,24 @@ from .time_travel import (
 )
 from .usage import UsageStats, summarize_usage
 
-if TYPE_CHECKING:
-    from types_aiobotocore_s3 import S3Client
-
 __all__ = ('RunStore', 'RunSummary', 'RunHistory', 'SnapshotRow', 'PruneOutcome', 'format_duration')
 
 
 @dataclass
-class RunStore:
+class RunStore(S3Connection):
     """The runs stored under `s3://{bucket}/{prefix}`, for operators: the library side of the CLI's `runs`.
 
-    Options are those of `S3StatePersistence`; `request_stats` counts the requests of the store itself (the
-    persistences it hands out count their own).
+    Options are those of `S3StatePersistence` (`bucket`, `prefix`, `client`, `session`, `client_settings` and
+    `retry` are `S3Connection`'s, checked at construction); `request_stats` counts the requests of the store
+    itself (the persistences it hands out count their own).
     """
 
-    bucket: str
-    prefix: str = ''
-    client: S3Client | None = field(default=None, repr=False)
-    session: aioboto3.Session | None = field(default=None, repr=False)
-    client_settings: ClientSettings = field(default_factory=ClientSettings)
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
     max_object_bytes: int | None = 64 * 1024 * 1024
     read_concurrency: int = 16
     """How many runs a decoding listing reads at once."""
     page_size: int = 1000
     """Keys per listing request (S3 returns at most 1000)."""
     request_stats: CasStats = field(default_factory=CasStats)
-
-    def __post_init__(self) -> None:
-        validate_bucket_name(self.bucket)
-        validate_prefix(self.prefix)  # a folder: never list, read or delete another prefix's objects
 
     def persistence(self, run_id: str, graph: Graph[Any, Any, Any] | None = None) -> S3StatePersistence[Any, Any]:
         """The `S3StatePersistence` of run `run_id`, with `graph`'s types set when given."""
@@ -264,18 +243,13 @@ class RunStore:
         return RunObjects(
             self.bucket,
             self.prefix,
-            self._client,
+            self.s3,
             self.retry,
             self.max_object_bytes,
             self.request_stats,
             self.page_size,
             self.read_concurrency,
         )
-
-    async def _client(self) -> S3Client:
-        if self.client is not None:
-            return self.client
-        return await shared_client(self.session, self.client_settings)
 
 
 def format_duration(seconds: float | None) -> str:

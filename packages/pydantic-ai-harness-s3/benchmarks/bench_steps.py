@@ -16,23 +16,20 @@ from __future__ import annotations as _annotations
 
 import argparse
 import asyncio
-import os
 import sys
 import time
-import uuid
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import boto3
+from embedded_bucket import embedded_bucket
 from pydantic_ai import Agent
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart, ToolReturnPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai_harness.step_persistence import StepPersistence
 
-from pydantic_ai_harness_s3 import ClientSettings, S3StepStore
+from pydantic_ai_harness_s3 import S3StepStore
 from pydantic_ai_harness_s3.step_store import KEY_WINDOW
-from pydantic_s3_cas.embedded import embedded_s3
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'tests'))
 from scripts import event, snapshot
@@ -163,17 +160,7 @@ async def bench_custom_keys(options: dict[str, Any]) -> None:
 
 
 async def main(arguments: argparse.Namespace) -> None:
-    # The embedded server takes any credentials; set some so that no AWS configuration is needed to run this.
-    for name, value in (('AWS_ACCESS_KEY_ID', 'bench'), ('AWS_SECRET_ACCESS_KEY', 'bench')):
-        os.environ.setdefault(name, value)
-    with embedded_s3() as url:
-        bucket = f'bench-{uuid.uuid4().hex[:12]}'
-        raw = boto3.client(
-            's3', endpoint_url=url, aws_access_key_id='x', aws_secret_access_key='x', region_name='us-east-1'
-        )
-        raw.create_bucket(Bucket=bucket)
-        settings = ClientSettings(endpoint_url=url, region_name='us-east-1')
-        options: dict[str, Any] = {'bucket': bucket, 'prefix': 'bench/', 'client_settings': settings}
+    with embedded_bucket() as options:
         await bench_agent(options, arguments.tool_calls)
         await bench_long_run(options, arguments.events)
         await bench_custom_keys(options)

@@ -6,7 +6,9 @@ pydantic-graph-s3 suite rather than copied: the root goes on `sys.path` so it im
 
 from __future__ import annotations as _annotations
 
+import subprocess
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import aioboto3
+import anyio
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -84,3 +87,12 @@ async def moto(moto_endpoint: S3Endpoint) -> AsyncIterator[Bucket]:
     """A fresh bucket on moto only: for the agent kill test, the slowest suite."""
     async for bucket in _open_bucket('moto', moto_endpoint):
         yield bucket
+
+
+async def wait_for_marker(marker: Path, process: subprocess.Popen[str], what: str) -> None:
+    """Wait until a worker process creates `marker` (it does so at the point a test kills it)."""
+    deadline = time.monotonic() + 120  # a safety net only: the worker signals when it gets there
+    while not await anyio.Path(marker).exists():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, f'the worker never reached {what}'
+        await anyio.sleep(0.02)

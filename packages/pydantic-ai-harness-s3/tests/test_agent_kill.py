@@ -6,12 +6,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import anyio
 import pytest
-from conftest import Bucket
+from conftest import Bucket, wait_for_marker
 
 pytestmark = pytest.mark.anyio
 
@@ -31,11 +29,7 @@ def worker(s3: Bucket, mode: str, run_id: str, markers: Path) -> subprocess.Pope
 
 async def test_agent_killed_mid_tool_call_continues_from_latest_snapshot(moto: Bucket, tmp_path: Path) -> None:
     first = worker(moto, 'start', 'run-1', tmp_path)
-    deadline = time.monotonic() + 120  # a safety net only: the worker signals when it is inside the tool
-    while not (tmp_path / 'in-slow-write').exists():
-        assert first.poll() is None, first.communicate()
-        assert time.monotonic() < deadline, 'the agent never reached its second tool call'
-        await anyio.sleep(0.02)
+    await wait_for_marker(tmp_path / 'in-slow-write', first, 'its second tool call')
     first.send_signal(signal.SIGKILL)
     first.communicate()
     assert first.returncode == -signal.SIGKILL

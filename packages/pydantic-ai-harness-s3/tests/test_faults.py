@@ -11,6 +11,7 @@ from pydantic_ai_harness.memory import MemoryOperation
 from scripts import event, snapshot
 
 from pydantic_ai_harness_s3 import ClientSettings, RetryPolicy
+from pydantic_ai_harness_s3.memory_store import RECEIPTS_PER_FILE
 from pydantic_ai_harness_s3.step_store import SEGMENT_ENTRIES
 from pydantic_s3_cas import RetriesExhaustedError
 from tests.support.fault_proxy import Fault, FaultProxy, fault_proxy
@@ -91,7 +92,7 @@ async def test_random_transient_failures_lose_and_duplicate_nothing(s3: Bucket, 
     assert [s.idempotency_key for s in await reader.list_snapshots(run_id='r')] == saved
 
 
-@pytest.mark.parametrize('lost', ['receipt index PUT', 'tombstone DELETE'])
+@pytest.mark.parametrize('lost', ['applied receipt PUT', 'tombstone DELETE'])
 async def test_a_delete_cut_short_leaves_a_listed_tombstone_that_its_replay_removes(
     s3: Bucket, proxy: FaultProxy, lost: str
 ) -> None:
@@ -102,8 +103,8 @@ async def test_a_delete_cut_short_leaves_a_listed_tombstone_that_its_replay_remo
     """
     writer = s3.memory_store()
     created = await writer.write('u/a.md', 'hello world', expected_version=None)
-    if lost == 'receipt index PUT':
-        proxy.inject(Fault(status=503, method='PUT', path=r'/memory/receipts/', times=None))
+    if lost == 'applied receipt PUT':
+        proxy.inject(Fault(status=503, method='PUT', path=r'/memory/applied/', times=None))
     else:
         proxy.inject(Fault(status=503, method='DELETE', path=r'/memory/files/', times=None))
     cut_short = s3.memory_store(client_settings=through(proxy), retry=RetryPolicy(max_attempts=1))
@@ -117,8 +118,8 @@ async def test_a_delete_cut_short_leaves_a_listed_tombstone_that_its_replay_remo
     assert await after_crash.list_paths('u/', limit=10) == ['u/a.md']  # the tombstone, listed
     found = await after_crash.search('u/', 'hello', limit=5, max_files=5, max_chars=100, max_file_chars=100)
     assert found.matches == []
-    indexed = await after_crash.get_operation(op)
-    assert (indexed is not None) == (lost == 'tombstone DELETE')
+    answered = await after_crash.get_operation(op)  # from the tombstone's receipt, or from `applied/`
+    assert answered is not None and (answered.version, answered.existed) == (None, True)
 
     replay = await after_crash.delete('u/a.md', expected_version=created.version, operation=op)
     assert (replay.version, replay.replayed, replay.existed) == (None, True, True)
@@ -126,3 +127,36 @@ async def test_a_delete_cut_short_leaves_a_listed_tombstone_that_its_replay_remo
     assert await s3.keys('memory/files/') == []
     again = await after_crash.get_operation(op)
     assert again is not None and again.existed
+
+
+async def test_a_writer_that_died_after_its_write_is_replayed_after_many_more_writes(
+    s3: Bucket, proxy: FaultProxy
+) -> None:
+    """The file PUT lands, and its writer never sends another request (as when it is killed then). More writes to
+    the file than it keeps receipts of follow, each with its own operation; the replay still returns the first
+    result, and `get_operation` answers, both right after the crash and after the receipt left the file."""
+    dying = s3.memory_store(client_settings=through(proxy), retry=RetryPolicy(max_attempts=1))
+    proxy.inject(Fault(status=503, forward=True, method='PUT', path=r'/memory/files/'))
+    op = MemoryOperation(id='op-died', fingerprint='fp')
+    with pytest.raises(RetriesExhaustedError):
+        await dying.write('notes.md', 'first', expected_version=None, operation=op)
+    assert proxy.counters['forward+503 SlowDown'] == 1
+    others = s3.memory_store()
+    landed = await others.read('notes.md', max_chars=100)
+    assert landed is not None and landed.content == 'first'
+    answered = await others.get_operation(op)
+    assert answered is not None and (answered.version, answered.existed) == (landed.version, False)
+
+    version: str | None = landed.version
+    for n in range(max(RECEIPTS_PER_FILE, 64) + 6):  # 64: the window of 0.1, which this outran
+        written = await others.write(
+            'notes.md', f'later {n}', expected_version=version, operation=MemoryOperation(f'later-{n}', 'fp')
+        )
+        version = written.version
+
+    replay = await s3.memory_store().write('notes.md', 'first', expected_version=None, operation=op)
+    assert (replay.version, replay.replayed, replay.existed) == (landed.version, True, False)
+    answered = await s3.memory_store().get_operation(op)
+    assert answered is not None and answered.version == landed.version
+    current = await others.read('notes.md', max_chars=100)
+    assert current is not None and current.version == version  # the replay changed nothing

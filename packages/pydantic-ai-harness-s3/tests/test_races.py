@@ -11,7 +11,7 @@ import pytest
 from conftest import Bucket
 from race_worker import CUSTOM_KEYS, OWN_EVENTS, SHARED_EVENTS, TOOL_CALLS, WORKERS_REPLAYING
 
-from pydantic_ai_harness_s3.step_store import KEY_WINDOW, SEGMENT_ENTRIES, _EventEntry, _SnapshotEntry
+from pydantic_ai_harness_s3._head import KEY_WINDOW, SEGMENT_ENTRIES, _EventEntry, _SnapshotEntry
 
 pytestmark = pytest.mark.anyio
 

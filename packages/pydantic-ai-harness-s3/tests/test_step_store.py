@@ -17,23 +17,23 @@ from pydantic_ai_harness.step_persistence import (
 from scripts import at, event, snapshot
 
 from pydantic_ai_harness_s3 import RunAlreadyRegisteredError, S3StepStore
-from pydantic_ai_harness_s3.step_store import KEY_WINDOW, MARKED_RECENTLY, SEGMENT_ENTRIES, _Lookup
+from pydantic_ai_harness_s3._head import KEY_WINDOW, MARKED_RECENTLY, SEGMENT_ENTRIES, _Lookup
 from pydantic_s3_cas import CorruptObjectError, S3PersistenceError
 
 pytestmark = pytest.mark.anyio
 
 
 def test_is_a_step_store_with_list_snapshots() -> None:
-    store = S3StepStore(bucket='b')
+    store = S3StepStore(bucket='my-bucket')
     assert isinstance(store, StepStore)
     assert callable(store.list_snapshots)
 
 
 @pytest.mark.parametrize('prefix', ['runs', 'a/b', '/x/y'])
 def test_prefix_must_be_empty_or_end_with_slash(prefix: str) -> None:
-    with pytest.raises(ValueError, match='prefix must be empty or end with "/"'):
-        S3StepStore(bucket='b', prefix=prefix)
-    S3StepStore(bucket='b', prefix=prefix.rstrip('/') + '/')
+    with pytest.raises(ValueError, match='must be empty or end with "/"'):
+        S3StepStore(bucket='my-bucket', prefix=prefix)
+    S3StepStore(bucket='my-bucket', prefix=prefix.rstrip('/') + '/')
 
 
 def run(run_id: str, seconds: float, **fields: Any) -> RunRecord:
@@ -139,7 +139,7 @@ async def test_register_run_is_create_only_and_recognises_a_retried_registration
     record = run('r', 1, conversation_id='c')
     await store.register_run(record)
     await s3.step_store().register_run(record)  # the same registration again, from another process: accepted
-    with pytest.raises(RunAlreadyRegisteredError, match="run 'r' is already registered"):
+    with pytest.raises(RunAlreadyRegisteredError, match="run 'r' is already in the store"):
         await store.register_run(RunRecord(run_id='r', registration_id='other'))
     with pytest.raises(RunAlreadyRegisteredError):
         await store.register_run(RunRecord(run_id='r'))  # no registration id: never taken for a retry
@@ -187,17 +187,18 @@ async def test_cost_of_a_step_does_not_grow_with_the_run(s3: Bucket) -> None:
     for i in range(100 + SEGMENT_ENTRIES, 400):
         await writer.append_event(event('r', i, key=f'{i}:0:model_request_started:'))
     late = [await append_cost(i) for i in range(400, 400 + SEGMENT_ENTRIES)]
-    # One PUT of the head per append (the writer knows the head's ETag from its previous write), plus two requests
-    # (segment, head) once per segment: the same at event 100 as at event 400.
+    # One PUT of the head per append (the writer knows the head's ETag from its previous write), plus the PUT of
+    # the segment once per segment, in the same append: the same at event 100 as at event 400.
     assert [requests for requests, _ in first] == [1, 1, 1]
     assert sorted(requests for requests, _ in early) == sorted(requests for requests, _ in late)
-    assert sum(requests for requests, _ in late) == SEGMENT_ENTRIES + 2
+    assert sum(requests for requests, _ in late) == SEGMENT_ENTRIES + 1
     # Bytes sent: the head is as large at event 400 as at event 100 (give or take the digits of bigger numbers).
     assert sum(size for _, size in late) <= 1.05 * sum(size for _, size in early)
     reader = s3.step_store()
     latest = await reader.latest_snapshot(run_id='r')
     assert latest is not None and latest.idempotency_key == 's0'
-    assert reader.stats.gets == 2 and reader.stats.requests == 2
+    # The head, the snapshot object, and the one chunk its two-turn history is in.
+    assert reader.stats.gets == 3 and reader.stats.requests == 3
 
 
 async def test_a_missing_segment_is_reported_not_skipped(s3: Bucket) -> None:

@@ -1,7 +1,8 @@
 """Where a store keeps its objects, and how it talks to S3: what `S3StepStore` and `S3MemoryStore` share.
 
 Both stores take the options of pydantic-graph-s3's `S3StatePersistence` (`client`, `session`,
-`client_settings`, `retry`) and hand every write to `pydantic_s3_cas.CasObject`, the one compare-and-swap
+`client_settings`, `retry`: the fields of `pydantic_s3_cas.S3Connection`, which checks the bucket name and
+prefix at construction) and hand every write to `pydantic_s3_cas.CasObject`, the one compare-and-swap
 primitive of this repository.
 """
 
@@ -10,14 +11,14 @@ from __future__ import annotations as _annotations
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Generic, TypedDict, TypeVar
+from typing import TYPE_CHECKING, Generic, Self, TypedDict, TypeVar
 from urllib.parse import quote
 
 import aioboto3
 from pydantic import TypeAdapter
 from typing_extensions import Unpack
 
-from pydantic_s3_cas import CasObject, CasStats, ClientSettings, ObjectInfo, RetryPolicy, list_objects, shared_client
+from pydantic_s3_cas import CasObject, CasStats, ClientSettings, ObjectInfo, RetryPolicy, S3Connection, list_objects
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -66,40 +67,27 @@ def key_part(value: str, *, what: str) -> str:
     """`value` (a run id, tool call id, operation id) made safe as one part of an object key.
 
     Percent-encoding keeps `/` from creating key levels of its own and keeps two different ids from mapping to
-    one key. Raises `ValueError` for an empty id, since that would name the level above.
+    one key. `.` and `..` are encoded whole (`%2E`, `%2E%2E`): as a key level they are what an HTTP layer that
+    normalises paths (or SeaweedFS, which refuses them) takes for "this folder" and "the folder above". No other
+    id is encoded differently, so keys stored before stay where they are. Raises `ValueError` for an empty id,
+    since that would name the level above.
     """
     if not value:
         raise ValueError(f'{what} must be a non-empty string')
+    if value in {'.', '..'}:
+        return '%2E' * len(value)
     return quote(value, safe='-_.~')
 
 
 @dataclass
-class S3Location:
-    """A bucket and key prefix, the client to reach them, and the counters of every request sent there."""
+class S3Location(S3Connection):
+    """A bucket and key prefix, the client to reach them, and the counters of every request sent there.
 
-    bucket: str
-    prefix: str = ''
-    client: S3Client | None = field(default=None, repr=False)
-    session: aioboto3.Session | None = field(default=None, repr=False)
-    client_settings: ClientSettings = field(default_factory=ClientSettings)
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    The bucket name and prefix are checked at construction (`ValueError`), before any request.
+    """
+
     stats: CasStats = field(default_factory=CasStats)
     """Requests and bytes this store has sent and received, for benchmarks and cost checks."""
-
-    def __post_init__(self) -> None:
-        if not self.bucket:
-            raise ValueError('bucket must be a non-empty bucket name')
-        if self.prefix and not self.prefix.endswith('/'):
-            raise ValueError(
-                f'prefix must be empty or end with "/" (got {self.prefix!r}): it names a folder, '
-                f'e.g. prefix={self.prefix + "/"!r}'
-            )
-
-    async def s3(self) -> S3Client:
-        """The client for this call: the one given, else the shared client of the running event loop."""
-        if self.client is not None:
-            return self.client
-        return await shared_client(self.session, self.client_settings)
 
     def object(self, key: str, adapter: TypeAdapter[T], *, run_id: str = '') -> CasObject[T | None]:
         """The object at `{prefix}{key}`, holding one JSON value of `adapter`'s type (`None` while missing)."""
@@ -127,7 +115,8 @@ class S3Store:
     """What both stores are built on: a location (bucket, prefix, client, retry bounds) and its request counters.
 
     Options are those of `S3StatePersistence`: `client`, `session`, `client_settings`, `retry` (see `S3Options`).
-    `prefix` is '' or ends with '/'. `stats` counts the requests and bytes the store has used.
+    `bucket` must be a valid bucket name and `prefix` '' or end with '/' (else `ValueError`, before any request).
+    `stats` counts the requests and bytes the store has used.
     """
 
     def __init__(self, *, bucket: str, prefix: str = '', **options: Unpack[S3Options]) -> None:
@@ -140,3 +129,14 @@ class S3Store:
     def stats(self) -> CasStats:
         """Requests and bytes sent and received so far, by every call of this store."""
         return self.location.stats
+
+    async def aclose(self) -> None:
+        """Release what this store holds. The S3 client is the event loop's shared one (or the caller's), so it
+        stays open for the other stores using it: it closes with its event loop, or at
+        `pydantic_s3_cas.close_shared_client()`."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()

@@ -3,19 +3,28 @@
 Key layout under the store's prefix:
 
 ```text
-files/{path}              one memory file: content, version, metadata, and its recent operation receipts
-receipts/{operation_id}   where an operation's receipt lives, so `get_operation` finds it by id alone
+files/{path}              one memory file: content, version, metadata, and the receipts of its recent operations
+receipts/{operation_id}   the operation's intent: its fingerprint and the path it changes, created before the change
+applied/{operation_id}    the operation's receipt, once it has left its file's window of recent receipts
 ```
 
 A file's version is a random id stored in the object, not its ETag, so writing back earlier content never
 brings back an earlier version. Every write is one compare-and-swap on the file's object (`If-Match`, or
 `If-None-Match` to create) that carries the operation's receipt in the same body: a crash can never leave a
-receipt without its change, nor a change without its receipt. The `receipts/` index entry is written after it
-and only speeds up `get_operation`; a replayed write finds the receipt in the file itself even if the index
-entry was never written. A delete writes a tombstone (no content, the receipt kept), indexes the receipt, and then
-removes the tombstone. A delete that crashes in between leaves the tombstone: `read` and `search` skip it, but
-`list_paths` (one listing, which cannot tell a tombstone from a file) still shows the path until the delete is
-replayed with its operation (the replay removes it), or the path is written again.
+receipt without its change, nor a change without its receipt.
+
+A file keeps the receipts of its last `RECEIPTS_PER_FILE` operations. The write that pushes a receipt out of that
+window creates its `applied/` object first (create-only, the same bytes from every writer), in the same
+compare-and-swap attempt, before its own body can land; a delete does the same for every receipt of its
+tombstone before removing it. So every applied operation's receipt is in its file or under `applied/`, and
+`get_operation` finds it from the intent, which names the file: the window never decides, however many writes
+follow a writer that died right after its change. (Stores written by 0.1 keep a receipt under `receipts/` in
+place of an intent; those are read as receipts.)
+
+A delete writes a tombstone (no content, the receipt kept), moves the tombstone's receipts to `applied/`, and
+then removes the tombstone. A delete that crashes in between leaves the tombstone: `read` and `search` skip it,
+but `list_paths` (one listing, which cannot tell a tombstone from a file) still shows the path until the delete
+is replayed with its operation (the replay removes it), or the path is written again.
 """
 
 from __future__ import annotations as _annotations
@@ -48,8 +57,8 @@ from ._location import S3Store, key_part
 
 __all__ = ('S3MemoryStore', 'RECEIPTS_PER_FILE')
 
-RECEIPTS_PER_FILE = 64
-"""Receipts a file keeps of the operations that last changed it (the `receipts/` index keeps every one)."""
+RECEIPTS_PER_FILE = 8
+"""Receipts a file keeps of the operations that last changed it; older ones are under `applied/`."""
 
 
 class _Receipt(BaseModel):
@@ -72,11 +81,31 @@ class _Receipt(BaseModel):
 
     def mutation(self, operation: MemoryOperation) -> MemoryMutation:
         """The recorded mutation, replayed; raises the harness's conflict error for another fingerprint."""
-        if operation.fingerprint != self.fingerprint:
-            raise MemoryOperationConflictError(
-                f'operation id {operation.id!r} was reused with different arguments (a different fingerprint)'
-            )
+        _check_fingerprint(operation, self.fingerprint)
         return MemoryMutation(version=self.version, replayed=True, existed=self.existed)
+
+
+class _Intent(BaseModel):
+    """Created before an operation's change is tried: whether it landed is told by its file or by `applied/`."""
+
+    model_config = ConfigDict(frozen=True, extra='forbid')
+    operation_id: str
+    fingerprint: str
+    path: str
+
+    def check(self, operation: MemoryOperation, path: str) -> None:
+        _check_fingerprint(operation, self.fingerprint)
+        if path != self.path:
+            raise MemoryOperationConflictError(
+                f'operation id {operation.id!r} was reused for another memory path ({self.path!r}, now {path!r})'
+            )
+
+
+def _check_fingerprint(operation: MemoryOperation, fingerprint: str) -> None:
+    if operation.fingerprint != fingerprint:
+        raise MemoryOperationConflictError(
+            f'operation id {operation.id!r} was reused with different arguments (a different fingerprint)'
+        )
 
 
 class _MemoryObject(BaseModel):
@@ -94,6 +123,7 @@ class _MemoryObject(BaseModel):
 
 _FILE = TypeAdapter(_MemoryObject)
 _RECEIPT = TypeAdapter(_Receipt)
+_OPERATION: TypeAdapter[_Intent | _Receipt] = TypeAdapter(_Intent | _Receipt)  # a `_Receipt` here: written by 0.1
 
 
 def _live(stored: _MemoryObject | None) -> _MemoryObject | None:
@@ -101,9 +131,17 @@ def _live(stored: _MemoryObject | None) -> _MemoryObject | None:
 
 
 def _mutate(
-    path: str, expected_version: str | None, operation: MemoryOperation | None, new: _MemoryObject
+    path: str,
+    expected_version: str | None,
+    operation: MemoryOperation | None,
+    new: _MemoryObject,
+    applied_key: Callable[[str], str],
 ) -> Callable[[_MemoryObject | None], Change[_MemoryObject | None, MemoryMutation]]:
-    """The change of one write, or of one delete when `new` is a tombstone (`content=None`), receipt included."""
+    """The change of one write, or of one delete when `new` is a tombstone (`content=None`), receipt included.
+
+    Receipts pushed out of the file's window are created under `applied_key(operation_id)` before the new body
+    is written, so no applied operation is ever without a receipt somewhere.
+    """
     deleting = new.content is None
 
     def change(stored: _MemoryObject | None) -> Change[_MemoryObject | None, MemoryMutation]:
@@ -119,8 +157,10 @@ def _mutate(
         mutation = MemoryMutation(version=version, replayed=False, existed=current is not None)
         receipts = stored.receipts if stored is not None else ()
         if operation is not None:
-            receipts = (*receipts, _Receipt.of(operation, path, mutation))[-RECEIPTS_PER_FILE:]
-        return Change(new.model_copy(update={'receipts': receipts}), mutation)
+            receipts = (*receipts, _Receipt.of(operation, path, mutation))
+        dropped, kept = receipts[:-RECEIPTS_PER_FILE], receipts[-RECEIPTS_PER_FILE:]
+        creates = [(applied_key(r.operation_id), _RECEIPT.dump_json(r)) for r in dropped]
+        return Change(new.model_copy(update={'receipts': kept}), mutation, creates)
 
     return change
 
@@ -152,8 +192,14 @@ class S3MemoryStore(S3Store):
         )
 
     async def get_operation(self, operation: MemoryOperation) -> MemoryMutation | None:
-        receipt = await self._receipt(operation.id).load()
-        return receipt.mutation(operation) if receipt is not None else None
+        """The result of `operation` if it was applied, replayed (`None` if it never was)."""
+        entry = await self._operation(operation.id).load()
+        if entry is None:
+            return None
+        if isinstance(entry, _Receipt):
+            return entry.mutation(operation)
+        _check_fingerprint(operation, entry.fingerprint)
+        return await self._applied(operation, entry)
 
     async def write(
         self, path: str, content: str, *, expected_version: str | None, operation: MemoryOperation | None = None
@@ -178,7 +224,7 @@ class S3MemoryStore(S3Store):
     ) -> MemoryMutation:
         validate_store_path(path)
         encoded = encode_metadata(metadata)
-        if operation is not None and (replayed := await self.get_operation(operation)) is not None:
+        if operation is not None and (replayed := await self._begin(operation, path)) is not None:
             return replayed
         new = _MemoryObject(
             content=content,
@@ -186,28 +232,24 @@ class S3MemoryStore(S3Store):
             operation_id=operation.id if operation else None,
             metadata=encoded,
         )
-        change = _mutate(path, expected_version, operation, new)
-        mutation: MemoryMutation = await self._file(path).update(change, expect_missing=expected_version is None)
-        await self._index_receipt(operation, path, mutation)
-        return mutation
+        return await self._change(path, expected_version, operation, new, expect_missing=expected_version is None)
 
     async def delete(
         self, path: str, *, expected_version: str | None, operation: MemoryOperation | None = None
     ) -> MemoryMutation:
         """Delete `path` if its version is `expected_version` (`None`: succeed only if it does not exist)."""
         validate_store_path(path)
-        file = self._file(path)
-        if operation is not None and (replayed := await self.get_operation(operation)) is not None:
-            if replayed.existed and replayed.version is None:  # it deleted a file: finish it (a crash may have left
-                # its tombstone behind)
-                await self._remove_tombstone(file)
-            return replayed
-        tombstone = _MemoryObject(content=None, version=uuid.uuid4().hex)
-        change = _mutate(path, expected_version, operation, tombstone)
-        mutation: MemoryMutation = await file.update(change)
-        await self._index_receipt(operation, path, mutation)
-        if mutation.existed and mutation.version is None:  # also when replayed from the tombstone's own receipt
-            await self._remove_tombstone(file)
+        if operation is not None and (replayed := await self._begin(operation, path)) is not None:
+            mutation = replayed
+        else:
+            tombstone = _MemoryObject(content=None, version=uuid.uuid4().hex)
+            mutation = await self._change(path, expected_version, operation, tombstone, expect_missing=False)
+            if operation is not None and not mutation.existed and not mutation.replayed:
+                # Nothing to delete, so no file carries the receipt: it goes straight to `applied/`.
+                await self._keep_receipt(_Receipt.of(operation, path, mutation))
+        if mutation.existed and mutation.version is None:  # it deleted a file: finish it (a crash, or this call
+            # cut short, may have left its tombstone behind)
+            await self._remove_tombstone(self._file(path))
         return mutation
 
     async def list_paths(self, prefix: str = '', *, limit: int) -> list[str]:
@@ -261,29 +303,90 @@ class S3MemoryStore(S3Store):
         async for info in self.location.list('files/' + prefix):
             yield info.key[skip:]
 
-    async def _index_receipt(self, operation: MemoryOperation | None, path: str, mutation: MemoryMutation) -> None:
-        """Record where `operation`'s receipt is, once its change has landed (the same entry however often)."""
-        if operation is None:
-            return
-        receipt = _Receipt.of(operation, path, mutation)
+    async def _begin(self, operation: MemoryOperation, path: str) -> MemoryMutation | None:
+        """Create `operation`'s intent; if it had one already, the operation's result if it was applied.
 
-        def record(existing: _Receipt | None) -> Change[_Receipt | None, None]:
-            return Change(receipt if existing is None else None, None)
+        Raises `MemoryOperationConflictError` when the id was used with another fingerprint or path.
+        """
+        intent = _Intent(operation_id=operation.id, fingerprint=operation.fingerprint, path=path)
 
-        await self._receipt(operation.id).update(record, expect_missing=True)
+        def create(existing: _Intent | _Receipt | None) -> Change[_Intent | _Receipt | None, _Intent | _Receipt | None]:
+            return Change(intent if existing is None else None, existing)
+
+        existing = await self._operation(operation.id).update(create, expect_missing=True)
+        if existing is None:
+            return None
+        if isinstance(existing, _Receipt):
+            return existing.mutation(operation)
+        existing.check(operation, path)
+        return await self._applied(operation, existing)
+
+    async def _applied(self, operation: MemoryOperation, intent: _Intent) -> MemoryMutation | None:
+        """The result of an operation with `intent`, from its file's receipts or else from `applied/`.
+
+        The file is read first: a receipt leaves it only after its `applied/` object exists, so one missing from
+        the file and then from `applied/` was not applied when the file was read.
+        """
+        stored = await self._file(intent.path).load()
+        receipt = stored.receipt(operation.id) if stored is not None else None
+        if receipt is None:
+            receipt = await self._receipt(operation.id).load()
+        return receipt.mutation(operation) if receipt is not None else None
+
+    async def _change(
+        self,
+        path: str,
+        expected_version: str | None,
+        operation: MemoryOperation | None,
+        new: _MemoryObject,
+        *,
+        expect_missing: bool,
+    ) -> MemoryMutation:
+        """Write `new` (a file or a tombstone) with `operation`'s receipt, if `path` is at `expected_version`."""
+        change = _mutate(path, expected_version, operation, new, self._applied_key)
+        try:
+            mutation: MemoryMutation = await self._file(path).update(change, expect_missing=expect_missing)
+        except MemoryConflictError:
+            # A replay racing the first attempt of the same operation: it may have landed, and left the window.
+            if operation is not None and (replayed := await self.get_operation(operation)) is not None:
+                return replayed
+            raise
+        return mutation
 
     async def _remove_tombstone(self, file: CasObject[_MemoryObject | None]) -> None:
-        """Remove the tombstone a delete left, unless a writer has replaced it meanwhile (then theirs stands)."""
+        """Remove the tombstone a delete left, unless a writer has replaced it meanwhile (then theirs stands).
+
+        Its receipts go to `applied/` first, as when they leave a file's window.
+        """
         stored, etag = await file.load_versioned()
         if stored is None or stored.content is not None or etag is None:
             return
+        await asyncio.gather(*(self._keep_receipt(receipt) for receipt in stored.receipts))
         try:
             await file.delete(etag)
         except ObjectChangedError:
             return
 
+    async def _keep_receipt(self, receipt: _Receipt) -> None:
+        """Create `receipt`'s `applied/` object (create-only: the same receipt from every writer)."""
+
+        def create(existing: _Receipt | None) -> Change[_Receipt | None, None]:
+            return Change(receipt if existing is None else None, None)
+
+        await self._receipt(receipt.operation_id).update(create, expect_missing=True)
+
     def _file(self, path: str) -> CasObject[_MemoryObject | None]:
         return self.location.object(f'files/{path}', _FILE)
 
+    def _operation(self, operation_id: str) -> CasObject[_Intent | _Receipt | None]:
+        return self.location.object(f'receipts/{key_part(operation_id, what="operation id")}.json', _OPERATION)
+
     def _receipt(self, operation_id: str) -> CasObject[_Receipt | None]:
-        return self.location.object(f'receipts/{key_part(operation_id, what="operation id")}.json', _RECEIPT)
+        return self.location.object(self._applied_name(operation_id), _RECEIPT)
+
+    def _applied_key(self, operation_id: str) -> str:
+        return self.location.prefix + self._applied_name(operation_id)
+
+    @staticmethod
+    def _applied_name(operation_id: str) -> str:
+        return f'applied/{key_part(operation_id, what="operation id")}.json'

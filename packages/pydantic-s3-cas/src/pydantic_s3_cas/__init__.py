@@ -5,7 +5,8 @@ primitive, telemetry, the endpoint self-check and the embedded S3 server (`pydan
 """
 
 from .cas import CasObject, CasStats, Change, Codec, ObjectInfo, RetryPolicy, list_objects, storage_deadline
-from .client import ClientSettings, default_session, shared_client
+from .client import ClientSettings, close_shared_client, default_session, shared_client
+from .connection import S3Connection
 from .errors import (
     AccessDeniedError,
     BucketNotFoundError,
@@ -24,7 +25,7 @@ from .errors import (
     quoted,
     shortened,
 )
-from .names import validate_bucket_name
+from .names import validate_bucket_name, validate_prefix
 from .probe import ensure_conditional_writes, verify_conditional_writes
 
 __all__ = (
@@ -38,7 +39,10 @@ __all__ = (
     'ClientSettings',
     'default_session',
     'shared_client',
+    'close_shared_client',
+    'S3Connection',
     'validate_bucket_name',
+    'validate_prefix',
     'verify_conditional_writes',
     'ensure_conditional_writes',
     'ConditionalWritesUnsupportedError',

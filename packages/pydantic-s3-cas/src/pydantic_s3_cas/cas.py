@@ -464,6 +464,10 @@ class CasObject(Generic[T]):
     """Added to every span and log record of this object's requests (the persistence adds the run id)."""
     logger: logging.Logger = default_logger
     """Where this object's log records go (see `RequestScope.logger`)."""
+    confirm_cached_decisions: bool = False
+    """Confirm with S3 (a conditional GET) a change's decision to write nothing, or to raise, taken from the
+    cached value, before `update` returns it (see `update`). Off for owners that read their own cache on purpose
+    (a peek that costs no request); on for a run's head, whose "nothing to do" must be what S3 holds."""
     _version: _Version[T] | None = field(default=None, init=False, repr=False)
     _scope: RequestScope = field(init=False, repr=False)
     _server_clock: tuple[datetime, float] | None = field(default=None, init=False, repr=False)
@@ -502,10 +506,11 @@ class CasObject(Generic[T]):
         When a PUT's outcome is unknown (a timeout, a dropped connection, a 5xx), the next attempt recognises
         the body it tried to write, so a write that did land is not applied twice.
 
-        A change applied to the cached value (or to a guess that the object is missing) that decides to write
-        nothing, or raises, is confirmed with S3 first: a conditional GET (`IfNoneMatch=etag`, answered 304 with
-        no body while the object is unchanged), and `change` is applied again to what S3 holds if it changed. A
-        write needs no such check (its condition is one), so a writer whose changes write pays no extra request.
+        With `confirm_cached_decisions`, a change applied to the cached value (or to a guess that the object is
+        missing) that decides to write nothing, or raises, is confirmed with S3 first: a conditional GET
+        (`IfNoneMatch=etag`, answered 304 with no body while the object is unchanged), and `change` is applied
+        again to what S3 holds if it changed. A write needs no such check (its condition is one), so a writer
+        whose changes write pays no extra request.
 
         `expect_missing=True` is for creating objects: the first attempt skips the GET and applies `change` to the
         empty value, writing with `IfNoneMatch='*'`; only if the object exists after all (412) does the next
@@ -532,6 +537,7 @@ class CasObject(Generic[T]):
             # Decided from a copy S3 did not just give us (the cache, or a guess that the object is missing):
             # a write is checked by its condition, but a decision to write nothing, or to refuse, is confirmed first.
             unverified = cached is not None or guessed
+            confirm = unverified and self.confirm_cached_decisions
             while True:
                 if version is not None:
                     for body, result in unconfirmed:
@@ -541,18 +547,18 @@ class CasObject(Generic[T]):
                 try:
                     decided = change(current)
                 except Exception as e:
-                    if unverified and (fresh := await self._revalidated(number, version)) is not version:
-                        version, unverified = fresh, False
+                    if confirm and (fresh := await self._revalidated(number, version)) is not version:
+                        version, unverified, confirm = fresh, False, False
                         continue  # decided on a stale copy: decide again on what S3 holds
                     if denied is not None:
                         raise denied from e  # e.g. "no such snapshot" in a run we may not read: the denial answers
                     raise
                 if (
                     decided.value is None
-                    and unverified
+                    and confirm
                     and (fresh := await self._revalidated(number, version)) is not version
                 ):
-                    version, unverified = fresh, False
+                    version, unverified, confirm = fresh, False, False
                     continue
                 break
             if decided.value is None:

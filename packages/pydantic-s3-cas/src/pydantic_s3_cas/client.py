@@ -20,7 +20,7 @@ from aiobotocore.httpsession import AIOHTTPSession
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
 
-__all__ = ('ClientSettings', 'shared_client', 'default_session')
+__all__ = ('ClientSettings', 'shared_client', 'close_shared_client', 'default_session')
 
 
 @dataclass(frozen=True)
@@ -75,9 +75,13 @@ def default_session() -> aioboto3.Session:
 
 
 _ClientKey = tuple[aioboto3.Session, ClientSettings]
-# Each entry keeps the async generator that holds the client open, and a task that resolves to the client.
+# Each entry keeps a task that resolves to the client, and the async generator that holds the client open.
 _clients: WeakKeyDictionary[asyncio.AbstractEventLoop, dict[_ClientKey, asyncio.Task[S3Client]]] = WeakKeyDictionary()
-_holders: WeakKeyDictionary[asyncio.AbstractEventLoop, list[AsyncGenerator[S3Client]]] = WeakKeyDictionary()
+_holders: WeakKeyDictionary[asyncio.AbstractEventLoop, dict[_ClientKey, AsyncGenerator[S3Client]]] = WeakKeyDictionary()
+
+
+def _key(session: aioboto3.Session | None, settings: ClientSettings | None) -> _ClientKey:
+    return session or default_session(), settings or ClientSettings()
 
 
 async def shared_client(session: aioboto3.Session | None = None, settings: ClientSettings | None = None) -> S3Client:
@@ -86,22 +90,40 @@ async def shared_client(session: aioboto3.Session | None = None, settings: Clien
     Concurrent first uses on one loop wait for the same creation, so a loop never holds two clients for one key.
     """
     loop = asyncio.get_running_loop()
-    key = (session or default_session(), settings or ClientSettings())
+    key = _key(session, settings)
     per_loop = _clients.setdefault(loop, {})
     task = per_loop.get(key)
     if task is None or (task.done() and task.exception() is not None):
-        task = per_loop[key] = loop.create_task(_open_client(loop, *key))
+        task = per_loop[key] = loop.create_task(_open_client(loop, key))
     return await asyncio.shield(task)
 
 
-async def _open_client(
-    loop: asyncio.AbstractEventLoop, session: aioboto3.Session, settings: ClientSettings
-) -> S3Client:
-    holder = _hold_client(session, settings)
+async def close_shared_client(session: aioboto3.Session | None = None, settings: ClientSettings | None = None) -> None:
+    """Close the running event loop's shared client for `session` and `settings`, if one is open.
+
+    Every user of that client on this loop shares the closing: the next `shared_client` call opens a new one.
+    Without this, the client is closed when its event loop shuts down.
+    """
+    loop = asyncio.get_running_loop()
+    key = _key(session, settings)
+    task = _clients.get(loop, {}).pop(key, None)
+    if task is None:
+        return
+    try:
+        await asyncio.shield(task)
+    except Exception:
+        return  # it never opened: nothing to close
+    holder = _holders.get(loop, {}).pop(key, None)
+    if holder is not None:
+        await holder.aclose()  # runs the holder's `async with` exit, which closes the client's connections
+
+
+async def _open_client(loop: asyncio.AbstractEventLoop, key: _ClientKey) -> S3Client:
+    holder = _hold_client(*key)
     client = await holder.__anext__()
     # The loop tracks async generators weakly and closes the live ones at shutdown (asyncio.run, asyncio.Runner),
     # which runs the generator's `async with` exit and so closes the client's HTTP connections cleanly.
-    _holders.setdefault(loop, []).append(holder)
+    _holders.setdefault(loop, {})[key] = holder
     return client
 
 

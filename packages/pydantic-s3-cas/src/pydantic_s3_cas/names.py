@@ -1,4 +1,5 @@
-"""Bucket names, checked before any request: a typo is a clear `ValueError`, not a botocore regex error later.
+"""Bucket names and key prefixes, checked before any request: a typo is a clear `ValueError`, not a botocore
+regex error later, nor a prefix that shares keys with another.
 
 The rules are S3's for the buckets it creates today:
 - general purpose: 3 to 63 characters; lowercase letters, digits, dots and hyphens; starting and ending with a
@@ -15,7 +16,9 @@ from __future__ import annotations as _annotations
 
 import re
 
-__all__ = ('validate_bucket_name',)
+from .errors import quoted
+
+__all__ = ('validate_bucket_name', 'validate_prefix')
 
 _GENERAL_PURPOSE = re.compile(r'[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]')
 _DIRECTORY = re.compile(r'[a-z0-9][a-z0-9-]*--[a-z0-9]+(-[a-z0-9]+)*--x-s3')
@@ -51,3 +54,17 @@ def _problem(name: str) -> str | None:
     if _IP_ADDRESS.fullmatch(name):
         return 'it is an IP address'
     return None
+
+
+def validate_prefix(prefix: str) -> str:
+    """Return `prefix` if it names a folder (`''`, or ending with `/`), else raise `ValueError`.
+
+    Without the slash, prefix `runs` would share keys with prefix `runs-v2` (`runs-v2abc.json` is run `-v2abc`
+    of one and run `abc` of the other), so one deployment would answer and delete the other's objects.
+    """
+    if not isinstance(prefix, str) or (prefix and not prefix.endswith('/')):
+        raise ValueError(
+            f'invalid prefix {quoted(prefix)}: a prefix names a folder, so it must be empty or end with "/". '
+            'Add the slash if your objects are stored under it; a prefix without one shares keys with other prefixes.'
+        )
+    return prefix
