@@ -155,7 +155,7 @@ def test_eventbridge_events_carry_the_request_in_detail(bucket: Bucket) -> None:
         ({'action': 'advance', 'run_id': 'bad', 'max_steps': 0}, 'max_steps: Input should be greater than'),
         (start_event('bad', node={'node_id': 'Nope'}), "node_id 'Nope' is not a node of this graph (CountDown)"),
         (start_event('bad', node={}), 'node_id None is not a node of this graph'),
-        (start_event('bad', node={'node_id': 'CountDown', 'count': 1}), 'CountDown has no field(s) count'),
+        (start_event('bad', node={'node_id': 'CountDown', 'count': 1}), 'CountDown has no field(s) for 1 of'),
         (start_event('bad', state={'counter': 'three'}), 'state: counter: Input should be a valid integer'),
         (start_event('bad', state=None), 'state: Input should be a dictionary or an instance of CountDownState'),
         ({'Records': [{'eventSource': 'aws:sns'}]}, 'only SQS records are supported'),

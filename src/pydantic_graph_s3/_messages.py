@@ -60,7 +60,8 @@ _FIELD_HOLDERS = frozenset({'model-fields', 'typed-dict', 'dataclass-args'})
 
 
 def schema_field_names(schema: Any) -> frozenset[str]:
-    """Every field name (and string alias) declared anywhere in a pydantic core schema: the location parts that
+    """Every field name (and string alias) declared anywhere in a pydantic core schema, and every tag of a
+    tagged union (a node id, a snapshot kind, which pydantic puts in the location too): the location parts that
     are the schema's own words, not the data's."""
     names: set[str] = set()
     pending = [schema]
@@ -72,6 +73,8 @@ def schema_field_names(schema: Any) -> frozenset[str]:
                 declared = fields.items() if isinstance(fields, dict) else [(f.get('name'), f) for f in fields or ()]
                 for name, field in declared:
                     names.update(n for n in (name, field.get('validation_alias')) if isinstance(n, str))
+            elif kind == 'tagged-union' and isinstance(choices := node.get('choices'), dict):
+                names.update(tag for tag in choices if isinstance(tag, str))
             pending.extend(node.values())
         elif isinstance(node, list | tuple):
             pending.extend(node)

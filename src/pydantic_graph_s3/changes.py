@@ -24,7 +24,7 @@ from pydantic_graph.persistence import NodeSnapshot, Snapshot, SnapshotStatus
 from pydantic_s3_cas import Change
 from pydantic_s3_cas.cas import CLOCK_TOLERANCE
 
-from ._messages import describe_validation_error
+from ._messages import describe_validation_error, schema_field_names
 from .layout import (
     Claim,
     Element,
@@ -63,8 +63,10 @@ class SnapshotTypes:
         try:
             return self.adapter.validate_json(render_list(e.raw for e in elements))
         except pydantic.ValidationError as e:
-            # Described without the stored values (and `from None`): the message ends up in logs (see `_messages`).
-            raise ValueError(f'{e.error_count()} validation error(s); at {describe_validation_error(e)}') from None
+            # Described without the stored values or state keys (and `from None`): the message ends up in logs (see
+            # `_messages`). The field names are gathered only here, on the rare failure.
+            where = describe_validation_error(e, field_names=schema_field_names(self.adapter.core_schema))
+            raise ValueError(f'{e.error_count()} validation error(s); at {where}') from None
         except (TypeError, AttributeError, KeyError) as e:  # a node that is not an object trips the discriminator
             raise ValueError(f'not a snapshot list: {type(e).__name__}') from None
 

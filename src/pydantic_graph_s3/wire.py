@@ -18,7 +18,7 @@ from pydantic_graph.graph import Graph
 
 from pydantic_s3_cas import quoted
 
-from ._messages import describe_validation_error, listed
+from ._messages import describe_validation_error, listed, schema_field_names
 from .persistence import validate_run_id
 
 __all__ = (
@@ -134,11 +134,9 @@ class StartDecoder(Generic[StateT, DepsT, RunEndT]):
             )
         fields = {k: v for k, v in request.node.items() if k != 'node_id'}
         # A typo in a field name would otherwise be dropped silently and the field take its default.
-        if unknown := _unknown_fields(node_class, fields):
-            raise InvalidEventError(f'invalid request: node: {node_id} has no field(s) {listed(unknown)}')
-        if unknown := _unknown_fields(self.graph.inferred_types[0], request.state):
-            state_name = getattr(self.graph.inferred_types[0], '__name__', 'the state')
-            raise InvalidEventError(f'invalid request: state: {state_name} has no field(s) {listed(unknown)}')
+        _refuse_unknown_fields('node', node_class.get_node_id(), node_class, fields)
+        state_type = self.graph.inferred_types[0]
+        _refuse_unknown_fields('state', getattr(state_type, '__name__', 'the state'), state_type, request.state)
         node = _validated('node', self._node_adapter(node_class), fields)
         state = _validated('state', self._state_adapter, request.state)
         return node, state
@@ -150,13 +148,31 @@ class StartDecoder(Generic[StateT, DepsT, RunEndT]):
         return self._node_adapters[node_id]
 
 
+def _refuse_unknown_fields(what: str, type_name: str, declared: Any, data: object) -> None:
+    """`InvalidEventError` if `data` has keys that validating it as `declared` would drop.
+
+    The message counts the unknown keys and lists the type's own fields, never the keys: they are the caller's
+    data (and unbounded), and the declared names are enough to spot a typo.
+    """
+    known = _declared_fields(declared)
+    if known is None or not isinstance(data, Mapping):
+        return
+    if unknown := sum(1 for key in data if key not in known):
+        fields = listed(sorted(known), limit=20) or 'none'
+        raise InvalidEventError(
+            f'invalid request: {what}: {type_name} has no field(s) for {unknown} of the given key(s)'
+            f' (keys not shown; its fields: {fields})'
+        )
+
+
 def _validated(what: str, adapter: TypeAdapter[Any], data: object) -> Any:
-    """`data` validated by `adapter`, or `InvalidEventError` without the values (and `from None`: the pydantic error
-    or a user's exception, shown with a traceback, would quote them)."""
+    """`data` validated by `adapter`, or `InvalidEventError` without the values or dict keys (and `from None`: the
+    pydantic error or a user's exception, shown with a traceback, would quote them)."""
     try:
         return adapter.validate_python(data)
     except pydantic.ValidationError as e:
-        error = InvalidEventError(f'invalid request: {what}: {describe_validation_error(e)}')
+        where = describe_validation_error(e, field_names=schema_field_names(adapter.core_schema))
+        error = InvalidEventError(f'invalid request: {what}: {where}')
     except Exception as e:  # e.g. a TypeError from a __post_init__, which pydantic does not wrap
         error = InvalidEventError(
             f'invalid request: {what}: {type(e).__name__} (message not shown: it may quote values)'
@@ -164,27 +180,26 @@ def _validated(what: str, adapter: TypeAdapter[Any], data: object) -> Any:
     raise error from None
 
 
-def _unknown_fields(declared: Any, data: object) -> list[str]:
-    """The top-level keys of `data` that validating it as `declared` would drop silently.
+def _declared_fields(declared: Any) -> set[str] | None:
+    """The top-level keys that validating data as `declared` keeps, or None when it does not drop others.
 
-    Only for dataclasses and models that ignore extra keys (pydantic's default): a model with `extra='allow'`
-    keeps them and one with `extra='forbid'` reports them itself. Other types are left to pydantic.
+    Only dataclasses and models that ignore extra keys (pydantic's default) drop them silently: a model with
+    `extra='allow'` keeps them and one with `extra='forbid'` reports them itself. Other types are left to pydantic.
     """
-    if not isinstance(data, Mapping) or not isinstance(declared, type):
-        return []
+    if not isinstance(declared, type):
+        return None
     known: set[str] = set()
     if issubclass(declared, BaseModel):
         if declared.model_config.get('extra') in ('allow', 'forbid'):
-            return []
+            return None
         for name, info in declared.model_fields.items():
             aliases = {info.alias, info.validation_alias} - {None}
             if not all(isinstance(alias, str) for alias in aliases):
-                return []  # AliasPath / AliasChoices: leave it to pydantic
+                return None  # AliasPath / AliasChoices: leave it to pydantic
             known |= {name, *(str(alias) for alias in aliases)}
-    elif dataclasses.is_dataclass(declared):
+        return known
+    if dataclasses.is_dataclass(declared):
         if getattr(declared, '__pydantic_config__', {}).get('extra') in ('allow', 'forbid'):
-            return []
-        known = {f.name for f in dataclasses.fields(declared) if f.init}
-    else:
-        return []
-    return sorted(str(key) for key in data if key not in known)
+            return None
+        return {f.name for f in dataclasses.fields(declared) if f.init}
+    return None
