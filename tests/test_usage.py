@@ -183,3 +183,8 @@ async def test_an_invalid_memo_entry_is_left_out_and_reported_never_a_crash(s3: 
     await s3.put(MEMO, memo)
     shown = await cli(s3, 'runs', 'stats', '--json')  # no traceback (checked by `cli`)
     assert shown.code == 0 and shown.json()['memo_entries_skipped'] == 2
+    await s3.put(MEMO, memo)
+    text = await cli(s3, 'runs', 'stats')
+    assert text.code == 0 and '2 invalid entries of the usage memo were left out' in text.stdout
+    clean = await cli(s3, 'runs', 'stats')
+    assert clean.code == 0 and 'usage memo' not in clean.stdout

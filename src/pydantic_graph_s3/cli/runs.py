@@ -319,6 +319,11 @@ def stats(
         console.print(
             f'{summary.headless_objects} objects ({summary.headless_bytes} B) belong to runs whose head is gone'
         )
+    if summary.memo_entries_skipped:
+        console.print(
+            f'{summary.memo_entries_skipped} invalid entries of the usage memo were left out and their runs read'
+            ' again (the memo is written over)'
+        )
     console.print(f'{summary.requests} requests')
 
 
